@@ -1,0 +1,40 @@
+"""gunicorn settings added by gilworker.
+
+Defining a `gunicorn.config.Setting` subclass registers it, so these show in `gunicorn --help`,
+take CLI flags, `GUNICORN_CMD_ARGS` and conf-file values, and are validated at start-up with
+gunicorn's own one-line error. `registration.register()` imports this module before gunicorn
+builds its `Config`.
+"""
+
+from __future__ import annotations
+
+from gunicorn.config import Setting
+
+GIL_MODES = ("auto", "thread", "process")
+
+
+def validate_gil_mode(value: object) -> str:
+    if value is None:
+        return "auto"
+    mode = value.strip().lower() if isinstance(value, str) else value
+    if mode not in GIL_MODES:
+        raise ValueError(f"gil_mode must be one of {', '.join(GIL_MODES)}; got {value!r}")
+    return mode
+
+
+class GilMode(Setting):
+    name = "gil_mode"
+    section = "Worker Processes"
+    cli = ["--gil-mode"]  # noqa: RUF012  (gunicorn reads it as a plain list)
+    meta = "STRING"
+    validator = validate_gil_mode
+    default = "auto"
+    desc = """\
+        gilworker: run workers as threads or processes (auto, thread, process).
+
+        ``auto`` runs the workers as threads of one process when the interpreter is a
+        free-threaded build and the GIL is still off after the application is imported, and
+        as forked processes otherwise. ``thread`` forces threads (on a GIL build they share one
+        GIL: memory is saved, CPU-bound code does not run in parallel). ``process`` forces
+        gunicorn's usual forked processes. Only the ``gilworker`` worker class reads it.
+        """

@@ -1,0 +1,125 @@
+"""GilWorker: gunicorn's settings mapped onto a uvicorn Server serving the worker's sockets.
+
+It runs the same way whether it was forked or started as a thread; how it was started shows only
+in `gil_mode` and in what it leaves to the master: a thread worker does nothing process-wide
+(signals, privileges, environment, random seeding), the master did those once. It offers a
+stop/abort interface that the master's thread strategy calls and that, in a process, the signal
+handlers call.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Any
+
+from gunicorn.arbiter import Arbiter
+from gunicorn.workers.base import Worker
+from uvicorn.config import Config
+
+from gunicorn_gilworker.server import WorkerServer
+
+
+class GilWorker(Worker):
+    """ASGI worker for gunicorn: `gunicorn -k gilworker app:app`."""
+
+    runs_under_gil_arbiter = True  # registration.py swaps gunicorn's Arbiter for GilArbiter
+    gil_mode = "process"  # "thread" when the master started this worker as a thread
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._route_uvicorn_logs()
+        self.config = Config(**self.uvicorn_settings())
+        self.server = WorkerServer(self.config)
+
+    def __str__(self) -> str:
+        return f"<GilWorker {self.gil_mode} {self.pid}>"
+
+    def _route_uvicorn_logs(self) -> None:
+        for name, gunicorn_logger in (
+            ("uvicorn.error", self.log.error_log),
+            ("uvicorn.access", self.log.access_log),
+        ):
+            logger = logging.getLogger(name)
+            logger.handlers = gunicorn_logger.handlers
+            logger.setLevel(gunicorn_logger.level)
+            logger.propagate = False
+
+    def uvicorn_settings(self) -> dict[str, Any]:
+        """gunicorn settings -> uvicorn Config arguments, as uvicorn-worker maps them."""
+        cfg = self.cfg
+        settings: dict[str, Any] = {
+            "app": None,  # set to the loaded app in run()
+            "log_config": None,
+            "loop": cfg.asgi_loop,
+            "http": "auto",
+            "lifespan": cfg.asgi_lifespan,
+            "root_path": cfg.root_path or "",
+            "timeout_keep_alive": cfg.keepalive,
+            "timeout_notify": self.timeout,
+            "callback_notify": self.callback_notify,
+            "limit_max_requests": None if self.max_requests == sys.maxsize else self.max_requests,
+            "forwarded_allow_ips": cfg.forwarded_allow_ips,
+            "backlog": cfg.backlog,
+        }
+        if cfg.is_ssl:
+            ssl = cfg.ssl_options
+            settings.update(
+                ssl_keyfile=ssl.get("keyfile"),
+                ssl_certfile=ssl.get("certfile"),
+                ssl_keyfile_password=ssl.get("password"),
+                ssl_version=ssl.get("ssl_version"),
+                ssl_cert_reqs=ssl.get("cert_reqs"),
+                ssl_ca_certs=ssl.get("ca_certs"),
+                ssl_ciphers=ssl.get("ciphers"),
+            )
+        return settings
+
+    # -- life cycle ---------------------------------------------------------------------------
+
+    def init_process(self) -> None:
+        if self.gil_mode == "process":
+            super().init_process()
+            return
+        # A thread: the master already set the environment, privileges and seed for the whole
+        # process, and signals belong to the main thread. The app is loaded (and shared).
+        self.load_wsgi()
+        self.cfg.post_worker_init(self)
+        self.booted = True
+        self.run()
+
+    def run(self) -> None:
+        self.config.app = self.wsgi
+        # The plain sockets: uvicorn closes what it served on, and gunicorn's wrapper would log
+        # the second close (the master closes its own copies itself).
+        self.server.run(sockets=[getattr(s, "sock", s) for s in self.sockets])
+        if not self.server.started:
+            sys.exit(Arbiter.WORKER_BOOT_ERROR)
+
+    async def callback_notify(self) -> None:
+        self.notify()
+
+    # -- the stop/abort interface -------------------------------------------------------------
+
+    def stop(self, graceful: bool) -> None:
+        """Graceful: finish in-flight requests, close keep-alive. Thread-safe."""
+        self.alive = False
+        self.server.request_exit(force=not graceful)
+
+    def quit(self) -> None:
+        """gunicorn's QUIT/INT: the `worker_int` hook (on the worker's loop), then a fast stop.
+        Thread-safe."""
+        self.alive = False
+        self.server.call_in_loop(self._interrupted)
+
+    def _interrupted(self) -> None:
+        self.cfg.worker_int(self)
+        self.stop(graceful=False)
+
+    # -- signals, in a worker process (the main thread) ---------------------------------------
+
+    def handle_exit(self, sig: int, frame: Any) -> None:
+        self.stop(graceful=True)
+
+    def handle_quit(self, sig: int, frame: Any) -> None:
+        self.quit()
