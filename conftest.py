@@ -1,0 +1,34 @@
+"""Shared fixtures: real gunicorn masters (tests/server.py), in both worker modes."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent / "tests"))
+
+from server import FREE_THREADED, Launcher  # noqa: E402
+
+
+def pytest_report_header() -> str:
+    build = "free-threaded" if FREE_THREADED else "GIL"
+    return f"gilworker tests on {sys.version.split()[0]} ({build} build)"
+
+
+@pytest.fixture
+def gunicorn(tmp_path: Path) -> Iterator[Launcher]:
+    """Starts masters for the test; kills and reaps every one of them afterwards."""
+    launcher = Launcher(tmp_path)
+    try:
+        yield launcher
+    finally:
+        launcher.stop_all()
+
+
+@pytest.fixture(params=["thread", "process"])
+def mode(request: pytest.FixtureRequest) -> str:
+    """Each behaviour in both worker modes (`--gil-mode`)."""
+    return request.param

@@ -1,0 +1,87 @@
+"""A plain ASGI 3 app (no framework) that reports where it runs, for the tests."""
+
+import asyncio
+import json
+import os
+import signal
+import threading
+import time
+from urllib.parse import parse_qs
+
+IMPORTED_IN_PID = os.getpid()
+STARTUPS: list[int] = []  # one entry per lifespan startup in this process
+
+
+async def app(scope, receive, send):
+    if scope["type"] == "lifespan":
+        await lifespan(scope, receive, send)
+    elif scope["type"] == "websocket":
+        await echo(receive, send)
+    else:
+        await http(scope, receive, send)
+
+
+async def lifespan(scope, receive, send):
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            loop = asyncio.get_running_loop()
+            STARTUPS.append(id(loop))
+            scope["state"]["loop"] = id(loop)
+            scope["state"]["thread"] = threading.current_thread().name
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+
+
+async def http(scope, receive, send):
+    path = scope["path"]
+    query = parse_qs(scope["query_string"].decode())
+    if path == "/stream":
+        await start(send, 200, b"text/plain")
+        for i in range(int(query.get("n", ["5"])[0])):
+            await send({"type": "http.response.body", "body": b"chunk%d\n" % i, "more_body": True})
+            await asyncio.sleep(float(query.get("delay", ["0.01"])[0]))
+        await send({"type": "http.response.body", "body": b""})
+        return
+    if path == "/sleep":
+        await asyncio.sleep(float(query["s"][0]))
+    elif path == "/block":  # blocks the event loop, in small steps an async exception can stop
+        deadline = time.monotonic() + float(query["s"][0])
+        while time.monotonic() < deadline:
+            time.sleep(0.05)
+    state = scope.get("state", {})
+    body = {
+        "pid": os.getpid(),
+        "imported_in": IMPORTED_IN_PID,
+        "thread": threading.current_thread().name,
+        "loop": id(asyncio.get_running_loop()),
+        "state_loop": state.get("loop"),
+        "state_thread": state.get("thread"),
+        "startups": len(STARTUPS),
+        "sigterm_handler": getattr(signal.getsignal(signal.SIGTERM), "__qualname__", None),
+        "env_flag": os.environ.get("GILWORKER_TEST_FLAG"),
+    }
+    await start(send, 200, b"application/json")
+    await send({"type": "http.response.body", "body": json.dumps(body).encode()})
+
+
+async def start(send, status, content_type):
+    await send({
+        "type": "http.response.start", "status": status,
+        "headers": [(b"content-type", content_type)],
+    })
+
+
+async def echo(receive, send):
+    message = await receive()
+    assert message["type"] == "websocket.connect"
+    await send({"type": "websocket.accept"})
+    while True:
+        message = await receive()
+        if message["type"] == "websocket.disconnect":
+            return
+        text = message.get("text")
+        reply = f"echo:{text}:{threading.current_thread().name}"
+        await send({"type": "websocket.send", "text": reply})

@@ -1,0 +1,3 @@
+"""An app module that fails while it is imported."""
+
+raise RuntimeError("configuration missing at import time")

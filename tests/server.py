@@ -1,0 +1,229 @@
+"""Starting real gunicorn masters for the tests, and always reaping them.
+
+Each master runs in its own session, so a finalizer can kill the whole group (master and forked
+workers) even when a test fails half-way. Ports are picked free on 127.0.0.1; every wait is
+bounded in time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+APPS = Path(__file__).parent / "apps"
+BIN = Path(sys.executable).parent
+GUNICORN = str(BIN / "gunicorn")
+FREE_THREADED = bool(__import__("sysconfig").get_config_var("Py_GIL_DISABLED"))
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(predicate: Callable[[], object], timeout: float, what: str) -> object:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
+
+
+class Response:
+    def __init__(self, status: int, headers: dict[str, str], body: bytes) -> None:
+        self.status, self.headers, self.body = status, headers, body
+
+    def json(self) -> object:
+        return json.loads(self.body)
+
+
+def request(
+    port: int | None = None,
+    path: str = "/",
+    *,
+    host: str = "127.0.0.1",
+    unix: str | None = None,
+    timeout: float = 10.0,
+    conn: http.client.HTTPConnection | None = None,
+) -> Response:
+    """One GET over a new connection (or over `conn`, kept alive)."""
+    own = conn is None
+    if conn is None:
+        conn = UnixHTTPConnection(unix, timeout) if unix else http.client.HTTPConnection(
+            host, port, timeout=timeout
+        )
+    try:
+        conn.request("GET", path)
+        resp = conn.getresponse()
+        return Response(resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read())
+    finally:
+        if own:
+            conn.close()
+
+
+class UnixHTTPConnection(http.client.HTTPConnection):
+    def __init__(self, path: str, timeout: float) -> None:
+        super().__init__("localhost", timeout=timeout)
+        self.unix_path = path
+
+    def connect(self) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(self.timeout)
+        self.sock.connect(self.unix_path)
+
+
+class Master:
+    """A `gunicorn` master started in its own session; `stop()` always reaps the group."""
+
+    def __init__(self, argv: list[str], cwd: Path, env: dict[str, str], log_path: Path,
+                 **popen: object) -> None:
+        self.log_path = log_path
+        self._log = open(log_path, "wb")  # noqa: SIM115  (closed in stop())
+        self.proc = subprocess.Popen(
+            argv, cwd=cwd, env=env, stdout=self._log, stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL, start_new_session=True, **popen,
+        )
+        self.pid = self.proc.pid
+
+    @property
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def log_count(self, pattern: str) -> int:
+        return len(re.findall(pattern, self.log))
+
+    def wait_log(self, pattern: str, count: int = 1, timeout: float = 30.0) -> None:
+        def seen() -> bool:
+            if self.proc.poll() is not None and self.log_count(pattern) < count:
+                raise AssertionError(f"master exited ({self.proc.returncode}):\n{self.log}")
+            return self.log_count(pattern) >= count
+
+        try:
+            wait_for(seen, timeout, f"{count} x {pattern!r} in the log")
+        except TimeoutError as exc:
+            raise AssertionError(f"{exc}\n--- log ---\n{self.log}") from None
+
+    def signal(self, sig: int) -> None:
+        os.kill(self.pid, sig)
+
+    def wait(self, timeout: float = 30.0) -> int:
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"master did not exit in {timeout}s:\n{self.log}") from None
+
+    def children(self) -> list[int]:
+        """Child processes of the master (forked workers)."""
+        found = []
+        for task in Path(f"/proc/{self.pid}/task").iterdir():
+            with contextlib.suppress(FileNotFoundError):
+                found += [int(p) for p in (task / "children").read_text().split()]
+        return found
+
+    def os_threads(self) -> list[str]:
+        """The OS threads of the master."""
+        return [task.name for task in Path(f"/proc/{self.pid}/task").iterdir()]
+
+    def stop(self) -> None:
+        """Kill the whole session group, whatever state it is in, and reap the master."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(10)
+        self._log.close()
+
+
+class Launcher:
+    """Starts masters for one test; the fixture's finalizer stops all of them."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.tmp_path = tmp_path
+        self.masters: list[Master] = []
+
+    def env(self, **extra: str) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("GUNICORN", "LISTEN_"))}
+        env["PYTHONPATH"] = str(APPS)
+        env["HOOK_LOG"] = str(self.tmp_path / "hooks.jsonl")
+        env.update(extra)
+        return env
+
+    def start(
+        self,
+        *args: str,
+        app: str = "plain_app:app",
+        mode: str | None = None,
+        workers: int = 2,
+        worker_class: str | None = "gilworker",
+        bind: list[str] | None = None,
+        command: list[str] | None = None,
+        env: dict[str, str] | None = None,
+        cwd: Path | None = None,
+        ready: str | None = r"Application startup complete",
+        **popen: object,
+    ) -> Master:
+        """`gunicorn -k gilworker` on a free port (`self.port`), with its own control socket."""
+        self.port = free_port()
+        argv = list(command or [GUNICORN])
+        argv += ["--control-socket", str(self.tmp_path / f"ctl-{len(self.masters)}.sock")]
+        argv += ["--graceful-timeout", "10"]
+        if worker_class:
+            argv += ["-k", worker_class]
+        if workers:
+            argv += ["-w", str(workers)]
+        if mode:
+            argv += ["--gil-mode", mode]
+        for b in bind if bind is not None else [f"127.0.0.1:{self.port}"]:
+            argv += ["-b", b]
+        argv += list(args)
+        if app:
+            argv.append(app)
+        return self.run(argv, env=env, cwd=cwd, ready=ready, workers=workers, **popen)
+
+    def run(
+        self,
+        argv: list[str],
+        *,
+        env: dict[str, str] | None = None,
+        cwd: Path | None = None,
+        ready: str | None = r"Application startup complete",
+        workers: int = 2,
+        **popen: object,
+    ) -> Master:
+        """Start `argv` as it is (a master of some kind) and wait until it is ready."""
+        master = Master(
+            argv, cwd or self.tmp_path, env or self.env(),
+            self.tmp_path / f"master-{len(self.masters)}.log", **popen,
+        )
+        self.masters.append(master)
+        if ready:  # every worker has run its lifespan startup
+            master.wait_log(ready, count=max(workers, 1))
+        return master
+
+    def hooks(self) -> list[dict]:
+        path = self.tmp_path / "hooks.jsonl"
+        if not path.exists():
+            return []
+        return [json.loads(line) for line in path.read_text().splitlines() if line]
+
+    def hook_counts(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for entry in self.hooks():
+            counts[entry["hook"]] = counts.get(entry["hook"], 0) + 1
+        return counts
+
+    def stop_all(self) -> None:
+        for master in self.masters:
+            master.stop()

@@ -1,0 +1,177 @@
+"""Which mode runs, and that it really is threads or processes."""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import subprocess
+import sysconfig
+from pathlib import Path
+
+import pytest
+from server import FREE_THREADED, GUNICORN, request
+
+
+def test_auto_mode_follows_the_interpreter(gunicorn):
+    master = gunicorn.start(mode="auto")
+    expected = "threads in one process" if FREE_THREADED else "forked processes"
+    build = "free-threaded build" if FREE_THREADED else "GIL build"
+    assert f"running workers as {expected} (gil_mode auto, {build}" in master.log
+    assert "WARNING] gilworker" not in master.log
+    if FREE_THREADED:
+        assert master.children() == []
+    else:
+        assert len(master.children()) == 2
+
+
+def test_thread_mode_runs_workers_as_threads_of_the_master(gunicorn):
+    master = gunicorn.start(mode="thread")
+    assert master.children() == []  # no forked worker
+    answers = [request(gunicorn.port).json() for _ in range(10)]
+    assert {a["pid"] for a in answers} == {master.pid}
+    assert all(a["thread"].startswith("gilworker-1000000") for a in answers)
+    assert len(master.os_threads()) >= 3  # the master's own thread and two workers
+    forced = not FREE_THREADED  # threads on a GIL build: allowed, with a warning
+    assert ("WARNING] gilworker: running workers as threads" in master.log) is forced
+
+
+def test_process_mode_forks_workers(gunicorn):
+    master = gunicorn.start(mode="process")
+    children = master.children()
+    assert len(children) == 2
+    pids = {request(gunicorn.port).json()["pid"] for _ in range(30)}
+    assert pids <= set(children) and master.pid not in pids
+    forced = FREE_THREADED  # processes although the GIL is off: allowed, with a warning
+    assert ("WARNING] gilworker: running workers as forked processes" in master.log) is forced
+
+
+@pytest.mark.parametrize(
+    ("how", "value"),
+    [("cli", "--gil-mode=sideways"), ("env", "--gil-mode sideways"), ("conf", "sideways")],
+)
+def test_bad_gil_mode_is_refused_in_one_line(gunicorn, tmp_path, how, value):
+    env = gunicorn.env()
+    argv = [GUNICORN, "-k", "gilworker", "-b", "127.0.0.1:0"]
+    if how == "cli":
+        argv.append(value)
+    elif how == "env":
+        env["GUNICORN_CMD_ARGS"] = value
+    else:
+        conf = tmp_path / "bad.conf.py"
+        conf.write_text(f"gil_mode = {value!r}\n")
+        argv += ["-c", str(conf)]
+    done = subprocess.run(
+        [*argv, "plain_app:app"], env=env, cwd=tmp_path, capture_output=True, text=True,
+        timeout=60,
+    )
+    assert done.returncode != 0
+    assert "Traceback" not in done.stderr
+    errors = [line for line in done.stderr.splitlines() if line.startswith("Error:")]
+    assert errors == ["Error: gil_mode must be one of auto, thread, process; got 'sideways'"]
+
+
+def test_gil_mode_from_conf_file_and_env(gunicorn, tmp_path):
+    conf = tmp_path / "gunicorn.conf.py"
+    conf.write_text("gil_mode = 'process'\n")
+    master = gunicorn.start("-c", str(conf))
+    assert "running workers as forked processes (--gil-mode process" in master.log
+    env = gunicorn.env(GUNICORN_CMD_ARGS="--gil-mode thread")
+    master = gunicorn.start(env=env)
+    assert "running workers as threads in one process (--gil-mode thread" in master.log
+
+
+def compile_gil_module(directory: Path) -> None:
+    """An extension module that declares no free-threading support: importing it on a
+    free-threaded build turns the GIL on (CPython warns with the module's name)."""
+    source = directory / "gilmod.c"
+    source.write_text(
+        "#include <Python.h>\n"
+        "static struct PyModuleDef def = {PyModuleDef_HEAD_INIT, \"gilmod\", NULL, 0, NULL};\n"
+        "PyMODINIT_FUNC PyInit_gilmod(void) { return PyModuleDef_Init(&def); }\n"
+    )
+    target = directory / ("gilmod" + sysconfig.get_config_var("EXT_SUFFIX"))
+    include = sysconfig.get_paths()["include"]
+    subprocess.run(
+        [shutil.which("gcc") or "cc", "-shared", "-fPIC", f"-I{include}", str(source),
+         "-o", str(target)],
+        check=True, timeout=120,
+    )
+    (directory / "gil_app.py").write_text("import gilmod  # noqa\nfrom plain_app import app\n")
+
+
+@pytest.mark.skipif(not FREE_THREADED, reason="a GIL build has no GIL to re-enable")
+def test_auto_falls_back_to_processes_when_the_app_enables_the_gil(gunicorn, tmp_path):
+    compile_gil_module(tmp_path)
+    env = gunicorn.env(PYTHONPATH=f"{tmp_path}:{gunicorn.env()['PYTHONPATH']}")
+    master = gunicorn.start(mode="auto", app="gil_app:app", env=env)
+    assert (
+        "WARNING] gilworker: running workers as forked processes (gil_mode auto, "
+        "free-threaded build, but importing the extension module 'gilmod' re-enabled the GIL"
+    ) in master.log
+    assert len(master.children()) == 2
+    assert request(gunicorn.port).status == 200
+
+
+@pytest.mark.skipif(not FREE_THREADED, reason="PYTHON_GIL only exists on free-threaded builds")
+def test_python_gil_0_keeps_threads_despite_the_module(gunicorn, tmp_path):
+    compile_gil_module(tmp_path)
+    env = gunicorn.env(PYTHON_GIL="0", PYTHONPATH=f"{tmp_path}:{gunicorn.env()['PYTHONPATH']}")
+    master = gunicorn.start(mode="auto", app="gil_app:app", env=env)
+    assert "running workers as threads in one process (gil_mode auto" in master.log
+    assert master.children() == []
+
+
+def test_gil_reenabled_branch_with_a_mocked_interpreter(mocker, tmp_path):
+    """The fallback on the arbiter itself, for the GIL build where no real process reaches it."""
+    from gunicorn_gilworker import arbiter as arbiter_module
+
+    arbiter = in_process_arbiter(tmp_path, mode="auto")
+    mocker.patch.object(arbiter_module, "free_threaded_build", return_value=True)
+    mocker.patch.object(arbiter_module, "gil_enabled", return_value=True)
+    load = mocker.patch.object(arbiter.app, "wsgi", side_effect=lambda: warn_gil())
+    warning = mocker.spy(arbiter.log, "warning")
+
+    decision = arbiter.choose_mode()
+
+    load.assert_called_once()
+    assert decision.mode == "process" and decision.forced
+    assert "importing the extension module 'fakemod' re-enabled the GIL" in decision.reason
+    warning.assert_called_once_with(decision.message)
+
+
+def warn_gil() -> None:
+    import warnings
+
+    warnings.warn(
+        "The global interpreter lock (GIL) has been enabled to load module 'fakemod', which "
+        "has not declared that it can run safely without the GIL.",
+        RuntimeWarning, stacklevel=1,
+    )
+
+
+def in_process_arbiter(tmp_path: Path, **options: object):
+    """A GilArbiter in this test process, for seams no real master reaches."""
+    from gunicorn.app.base import BaseApplication
+
+    from gunicorn_gilworker.arbiter import GilArbiter
+
+    class App(BaseApplication):
+        def load_config(self) -> None:
+            self.cfg.set("worker_class", "gilworker")
+            self.cfg.set("control_socket", str(tmp_path / "ctl.sock"))
+            self.cfg.set("gil_mode", options.get("mode", "auto"))
+
+        def load(self) -> object:
+            from plain_app import app
+
+            return app
+
+    arbiter = GilArbiter(App())
+    arbiter.pid = 0
+    return arbiter
+
+
+def test_sigterm_after_mode_choice_exits_zero(gunicorn, mode):
+    master = gunicorn.start(mode=mode)
+    master.signal(signal.SIGTERM)
+    assert master.wait() == 0

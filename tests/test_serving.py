@@ -1,0 +1,168 @@
+"""Serving ASGI apps: HTTP/1.1 keep-alive, streaming, WebSockets, lifespan, every bind form."""
+
+from __future__ import annotations
+
+import http.client
+import socket
+import sys
+
+import pytest
+from server import APPS, GUNICORN, free_port, request
+from websockets.sync.client import connect, unix_connect
+
+
+def test_keep_alive_reuses_one_connection(gunicorn, mode):
+    gunicorn.start(mode=mode)
+    conn = http.client.HTTPConnection("127.0.0.1", gunicorn.port, timeout=10)
+    try:
+        first = request(conn=conn)
+        local = conn.sock.getsockname()
+        answers = [request(conn=conn) for _ in range(20)]
+        assert conn.sock.getsockname() == local  # the same TCP connection all along
+    finally:
+        conn.close()
+    assert first.status == 200 and all(a.status == 200 for a in answers)
+    assert len({a.json()["thread"] for a in answers}) == 1
+
+
+def test_streaming_response_arrives_in_chunks(gunicorn, mode):
+    gunicorn.start(mode=mode)
+    resp = request(gunicorn.port, "/stream?n=20&delay=0.005")
+    assert resp.status == 200
+    assert resp.headers.get("transfer-encoding") == "chunked"
+    assert resp.body == b"".join(b"chunk%d\n" % i for i in range(20))
+
+
+def test_websocket_echo(gunicorn, mode):
+    gunicorn.start(mode=mode)
+    with connect(f"ws://127.0.0.1:{gunicorn.port}/ws", open_timeout=10) as ws:
+        for i in range(5):
+            ws.send(f"hello{i}")
+            reply = ws.recv(timeout=10)
+            assert reply.startswith(f"echo:hello{i}:")
+    expected = "gilworker-" if mode == "thread" else "MainThread"
+    assert reply.split(":")[2].startswith(expected)
+
+
+def test_each_worker_has_its_own_lifespan_state_on_its_own_loop(gunicorn, mode):
+    master = gunicorn.start(mode=mode, workers=3)
+    answers = [request(gunicorn.port).json() for _ in range(30)]
+    for a in answers:
+        assert a["state_loop"] == a["loop"]  # the state made by this worker's own startup
+        assert a["state_thread"] == a["thread"]
+    if mode == "thread":
+        # one process, one app, three lifespan runs on three loops in three threads
+        assert {a["startups"] for a in answers} == {3}
+        assert {a["pid"] for a in answers} == {master.pid}
+    else:
+        assert {a["startups"] for a in answers} == {1}
+        assert master.pid not in {a["pid"] for a in answers}
+
+
+def test_starlette_app_with_lifespan_state_streaming_and_websocket(gunicorn, mode):
+    gunicorn.start(mode=mode, app="starlette_app:app")
+    for _ in range(10):
+        body = request(gunicorn.port).json()
+        assert body["state_loop"] == body["loop"] and body["state_thread"] == body["thread"]
+    assert request(gunicorn.port, "/stream").body == b"part0\npart1\npart2\n"
+    with connect(f"ws://127.0.0.1:{gunicorn.port}/ws", open_timeout=10) as ws:
+        ws.send("hi")
+        assert ws.recv(timeout=10) == "starlette:hi"
+
+
+def test_nothing_process_wide_is_done_per_worker(gunicorn, mode):
+    master = gunicorn.start("-e", "GILWORKER_TEST_FLAG=on", mode=mode)
+    body = request(gunicorn.port).json()
+    assert body["env_flag"] == "on"
+    if mode == "thread":
+        # the master's signal handlers stay in place: no worker thread replaced them
+        assert body["sigterm_handler"] == "Arbiter.signal"
+        assert body["pid"] == master.pid
+    else:
+        assert body["sigterm_handler"] == "GilWorker.handle_exit"
+
+
+def test_ipv6_and_several_binds(gunicorn, mode):
+    if not socket.has_ipv6:
+        pytest.skip("no IPv6 on this machine")
+    try:
+        with socket.socket(socket.AF_INET6) as probe:
+            probe.bind(("::1", 0))
+    except OSError:
+        pytest.skip("no IPv6 loopback on this machine")
+    v4, v6 = free_port(), free_port()
+    gunicorn.start(mode=mode, bind=[f"127.0.0.1:{v4}", f"[::1]:{v6}"])
+    assert request(v4).status == 200
+    assert request(v6, host="::1").status == 200
+
+
+def test_unix_socket_bind(gunicorn, mode, tmp_path):
+    path = str(tmp_path / "app.sock")
+    gunicorn.start(mode=mode, bind=[f"unix:{path}"])
+    for _ in range(5):
+        assert request(unix=path).status == 200
+    with unix_connect(path, "ws://localhost/ws", open_timeout=10) as ws:
+        ws.send("u")
+        assert ws.recv(timeout=10).startswith("echo:u:")
+
+
+def test_reuse_port(gunicorn, mode):
+    master = gunicorn.start("--reuse-port", mode=mode)
+    assert all(request(gunicorn.port).status == 200 for _ in range(20))
+    assert "Listening at" in master.log
+
+
+SYSTEMD_LAUNCHER = """
+import os, socket, sys
+sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+sock.bind(("127.0.0.1", int(sys.argv[1])))
+sock.listen(128)
+os.dup2(sock.fileno(), 3)
+os.set_inheritable(3, True)  # fileno() may already be 3
+os.environ.update(LISTEN_FDS="1", LISTEN_PID=str(os.getpid()))
+os.execv(sys.argv[2], sys.argv[2:])
+"""
+
+
+def test_systemd_socket_activation(gunicorn, mode, tmp_path):
+    port = free_port()
+    command = [sys.executable, "-c", SYSTEMD_LAUNCHER, str(port), GUNICORN]
+    master = gunicorn.start(mode=mode, bind=[], command=command)
+    assert request(port).status == 200
+    assert "Listening at: http://127.0.0.1:%d" % port in master.log
+
+
+def test_preload_app_is_honoured(gunicorn, mode):
+    master = gunicorn.start("--preload", mode=mode)
+    for body in (request(gunicorn.port).json() for _ in range(10)):
+        assert body["imported_in"] == master.pid
+
+
+def test_without_preload_process_workers_import_the_app_themselves(gunicorn):
+    master = gunicorn.start(mode="process")
+    for body in (request(gunicorn.port).json() for _ in range(10)):
+        assert body["imported_in"] == body["pid"] != master.pid
+
+
+def test_thread_workers_share_one_import_of_the_app(gunicorn):
+    master = gunicorn.start(mode="thread", workers=4)
+    bodies = [request(gunicorn.port).json() for _ in range(20)]
+    assert {b["imported_in"] for b in bodies} == {master.pid}
+    assert {b["startups"] for b in bodies} == {4}
+
+
+def test_a_custom_base_application_runs_gilworker(gunicorn, mode, tmp_path):
+    port = free_port()
+    ctl = str(tmp_path / "custom.sock")
+    command = [sys.executable, str(APPS / "custom_app.py"), f"127.0.0.1:{port}", mode, ctl]
+    master = gunicorn.run(command)
+    body = request(port).json()
+    assert (body["pid"] == master.pid) is (mode == "thread")
+    assert "Using worker: gilworker" in master.log
+
+
+def test_python_dash_m_gunicorn(gunicorn, mode):
+    master = gunicorn.start(mode=mode, command=[sys.executable, "-m", "gunicorn"])
+    assert request(gunicorn.port).status == 200
+    assert "Using worker: gilworker" in master.log
