@@ -10,7 +10,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent / "tests"))
 
-from server import FREE_THREADED, Launcher  # noqa: E402
+from server import FREE_THREADED, Launcher
 
 
 def pytest_report_header() -> str:

@@ -35,6 +35,7 @@ from gunicorn_gilworker.threads import HALT_REASONS, ThreadWorker, failure_statu
 class GilArbiter(Arbiter):
     def __init__(self, app: Any) -> None:
         self.threads: dict[int, ThreadWorker] = {}
+        self.halting = False
         self.decision: Decision | None = None
         self.import_warnings: list[str] = []
         super().__init__(app)
@@ -96,7 +97,7 @@ class GilArbiter(Arbiter):
 
     # -- the seams: spawn, signal, reap -------------------------------------------------------
 
-    def spawn_worker(self) -> int:
+    def spawn_worker(self) -> int | None:
         if self.choose_mode().mode == "process":
             return super().spawn_worker()
         self.worker_age += 1
@@ -111,10 +112,15 @@ class GilArbiter(Arbiter):
         )
         handle = ThreadWorker(worker, self)
         self.cfg.pre_fork(self, worker)
+        try:
+            handle.start()
+        except RuntimeError as exc:  # out of threads: the next loop turn tries again
+            self.log.error("Could not start worker thread %s: %s", handle.id, exc)
+            worker.tmp.close()
+            return None
         self.threads[handle.id] = handle
         self.WORKERS[handle.id] = worker
         self._stats["workers_spawned"] += 1
-        handle.start()
         return handle.id
 
     def kill_worker(self, pid: int, sig: int) -> None:
@@ -127,7 +133,13 @@ class GilArbiter(Arbiter):
             self._stats["workers_killed"] += 1
 
     def reap_workers(self) -> None:
-        super().reap_workers()
+        try:
+            super().reap_workers()
+        except HaltServer:
+            # gunicorn raises it again for each further worker that failed to boot, from inside
+            # halt() itself, which then dies with a traceback and exit status 1.
+            if not self.halting:
+                raise
         self.reap_threads()
 
     def manage_workers(self) -> None:
@@ -145,10 +157,14 @@ class GilArbiter(Arbiter):
             status = handle.exit_code
             if status:
                 self.log.error("Worker (thread id:%s) exited with code %s.", wid, status)
-            if status in HALT_REASONS:
+            if status in HALT_REASONS and not self.halting:  # one halt, however many fail
                 raise HaltServer(HALT_REASONS[status], status)
             worker.tmp.close()
             self.cfg.child_exit(self, worker)
+
+    def halt(self, reason: str | None = None, exit_status: int = 0) -> None:
+        self.halting = True
+        super().halt(reason, exit_status)
 
     # -- gunicornc ----------------------------------------------------------------------------
 

@@ -79,7 +79,11 @@ class ThreadWorker:
         self.worker.pid = self.id
         # uvicorn closes the sockets it served on: each thread gets its own dup of each listener.
         self.worker.sockets = [listener.dup() for listener in self.worker.sockets]
-        self.thread.start()
+        try:
+            self.thread.start()
+        except BaseException:
+            self._close_sockets()
+            raise
 
     @property
     def alive(self) -> bool:
@@ -126,8 +130,7 @@ class ThreadWorker:
         elif sig in (signal.SIGINT, signal.SIGQUIT):
             self.worker.quit()
         elif sig == signal.SIGABRT:
-            self.worker.cfg.worker_abort(self.worker)
-            self.worker.stop(graceful=False)
+            self.worker.abort()
             self.raise_in_thread(WorkerAbort)
         elif sig == signal.SIGKILL:
             self.worker.stop(graceful=False)

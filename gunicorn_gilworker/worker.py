@@ -25,6 +25,7 @@ class GilWorker(Worker):
 
     runs_under_gil_arbiter = True  # registration.py swaps gunicorn's Arbiter for GilArbiter
     gil_mode = "process"  # "thread" when the master started this worker as a thread
+    exit_status = 0  # set by abort(): uvicorn turns an exception raised in a request into a 500
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -95,6 +96,8 @@ class GilWorker(Worker):
         self.server.run(sockets=[getattr(s, "sock", s) for s in self.sockets])
         if not self.server.started:
             sys.exit(Arbiter.WORKER_BOOT_ERROR)
+        if self.exit_status:
+            sys.exit(self.exit_status)
 
     async def callback_notify(self) -> None:
         self.notify()
@@ -116,6 +119,15 @@ class GilWorker(Worker):
         self.cfg.worker_int(self)
         self.stop(graceful=False)
 
+    def abort(self) -> None:
+        """gunicorn's ABRT (a timeout): the `worker_abort` hook, then exit 1 at once. The caller
+        also raises into the stuck code; this makes sure the worker ends even if that exception
+        is caught (uvicorn answers 500 for it and would keep serving)."""
+        self.alive = False
+        self.exit_status = 1
+        self.cfg.worker_abort(self)
+        self.stop(graceful=False)
+
     # -- signals, in a worker process (the main thread) ---------------------------------------
 
     def handle_exit(self, sig: int, frame: Any) -> None:
@@ -123,3 +135,7 @@ class GilWorker(Worker):
 
     def handle_quit(self, sig: int, frame: Any) -> None:
         self.quit()
+
+    def handle_abort(self, sig: int, frame: Any) -> None:
+        self.abort()
+        sys.exit(1)

@@ -16,6 +16,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -62,8 +63,10 @@ def request(
     """One GET over a new connection (or over `conn`, kept alive)."""
     own = conn is None
     if conn is None:
-        conn = UnixHTTPConnection(unix, timeout) if unix else http.client.HTTPConnection(
-            host, port, timeout=timeout
+        conn = (
+            UnixHTTPConnection(unix, timeout)
+            if unix
+            else http.client.HTTPConnection(host, port, timeout=timeout)
         )
     try:
         conn.request("GET", path)
@@ -72,6 +75,18 @@ def request(
     finally:
         if own:
             conn.close()
+
+
+def background_request(port: int, path: str, timeout: float) -> threading.Thread:
+    """A request left hanging in a daemon thread (a stuck handler); its outcome is ignored."""
+
+    def call() -> None:
+        with contextlib.suppress(Exception):
+            request(port, path, timeout=timeout)
+
+    thread = threading.Thread(target=call, daemon=True)
+    thread.start()
+    return thread
 
 
 class UnixHTTPConnection(http.client.HTTPConnection):
@@ -88,13 +103,20 @@ class UnixHTTPConnection(http.client.HTTPConnection):
 class Master:
     """A `gunicorn` master started in its own session; `stop()` always reaps the group."""
 
-    def __init__(self, argv: list[str], cwd: Path, env: dict[str, str], log_path: Path,
-                 **popen: object) -> None:
+    def __init__(
+        self, argv: list[str], cwd: Path, env: dict[str, str], log_path: Path, **popen: object
+    ) -> None:
         self.log_path = log_path
         self._log = open(log_path, "wb")  # noqa: SIM115  (closed in stop())
         self.proc = subprocess.Popen(
-            argv, cwd=cwd, env=env, stdout=self._log, stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL, start_new_session=True, **popen,
+            argv,
+            cwd=cwd,
+            env=env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            **popen,
         )
         self.pid = self.proc.pid
 
@@ -204,8 +226,11 @@ class Launcher:
     ) -> Master:
         """Start `argv` as it is (a master of some kind) and wait until it is ready."""
         master = Master(
-            argv, cwd or self.tmp_path, env or self.env(),
-            self.tmp_path / f"master-{len(self.masters)}.log", **popen,
+            argv,
+            cwd or self.tmp_path,
+            env or self.env(),
+            self.tmp_path / f"master-{len(self.masters)}.log",
+            **popen,
         )
         self.masters.append(master)
         if ready:  # every worker has run its lifespan startup
@@ -227,3 +252,27 @@ class Launcher:
     def stop_all(self) -> None:
         for master in self.masters:
             master.stop()
+
+
+def in_process_arbiter(tmp_path: Path, **options: object):
+    """A GilArbiter in this test process, for seams no real master reaches."""
+    from gunicorn.app.base import BaseApplication
+
+    from gunicorn_gilworker.arbiter import GilArbiter
+
+    class App(BaseApplication):
+        def load_config(self) -> None:
+            self.cfg.set("worker_class", "gilworker")
+            self.cfg.set("control_socket", str(tmp_path / "ctl.sock"))
+            self.cfg.set("gil_mode", options.get("mode", "auto"))
+
+        def load(self) -> object:
+            async def app(scope: dict, receive: object, send: object) -> None:
+                pass
+
+            return app
+
+    arbiter = GilArbiter(App())
+    arbiter.pid = 0
+    arbiter.WORKERS = {}  # gunicorn keeps it on the class: not shared between test arbiters
+    return arbiter

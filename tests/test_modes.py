@@ -9,7 +9,7 @@ import sysconfig
 from pathlib import Path
 
 import pytest
-from server import FREE_THREADED, GUNICORN, request
+from server import FREE_THREADED, GUNICORN, in_process_arbiter, request
 
 
 def test_auto_mode_follows_the_interpreter(gunicorn):
@@ -61,7 +61,11 @@ def test_bad_gil_mode_is_refused_in_one_line(gunicorn, tmp_path, how, value):
         conf.write_text(f"gil_mode = {value!r}\n")
         argv += ["-c", str(conf)]
     done = subprocess.run(
-        [*argv, "plain_app:app"], env=env, cwd=tmp_path, capture_output=True, text=True,
+        [*argv, "plain_app:app"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
         timeout=60,
     )
     assert done.returncode != 0
@@ -86,15 +90,23 @@ def compile_gil_module(directory: Path) -> None:
     source = directory / "gilmod.c"
     source.write_text(
         "#include <Python.h>\n"
-        "static struct PyModuleDef def = {PyModuleDef_HEAD_INIT, \"gilmod\", NULL, 0, NULL};\n"
+        'static struct PyModuleDef def = {PyModuleDef_HEAD_INIT, "gilmod", NULL, 0, NULL};\n'
         "PyMODINIT_FUNC PyInit_gilmod(void) { return PyModuleDef_Init(&def); }\n"
     )
     target = directory / ("gilmod" + sysconfig.get_config_var("EXT_SUFFIX"))
     include = sysconfig.get_paths()["include"]
     subprocess.run(
-        [shutil.which("gcc") or "cc", "-shared", "-fPIC", f"-I{include}", str(source),
-         "-o", str(target)],
-        check=True, timeout=120,
+        [
+            shutil.which("gcc") or "cc",
+            "-shared",
+            "-fPIC",
+            f"-I{include}",
+            str(source),
+            "-o",
+            str(target),
+        ],
+        check=True,
+        timeout=120,
     )
     (directory / "gil_app.py").write_text("import gilmod  # noqa\nfrom plain_app import app\n")
 
@@ -145,30 +157,9 @@ def warn_gil() -> None:
     warnings.warn(
         "The global interpreter lock (GIL) has been enabled to load module 'fakemod', which "
         "has not declared that it can run safely without the GIL.",
-        RuntimeWarning, stacklevel=1,
+        RuntimeWarning,
+        stacklevel=1,
     )
-
-
-def in_process_arbiter(tmp_path: Path, **options: object):
-    """A GilArbiter in this test process, for seams no real master reaches."""
-    from gunicorn.app.base import BaseApplication
-
-    from gunicorn_gilworker.arbiter import GilArbiter
-
-    class App(BaseApplication):
-        def load_config(self) -> None:
-            self.cfg.set("worker_class", "gilworker")
-            self.cfg.set("control_socket", str(tmp_path / "ctl.sock"))
-            self.cfg.set("gil_mode", options.get("mode", "auto"))
-
-        def load(self) -> object:
-            from plain_app import app
-
-            return app
-
-    arbiter = GilArbiter(App())
-    arbiter.pid = 0
-    return arbiter
 
 
 def test_sigterm_after_mode_choice_exits_zero(gunicorn, mode):

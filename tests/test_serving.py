@@ -130,7 +130,7 @@ def test_systemd_socket_activation(gunicorn, mode, tmp_path):
     command = [sys.executable, "-c", SYSTEMD_LAUNCHER, str(port), GUNICORN]
     master = gunicorn.start(mode=mode, bind=[], command=command)
     assert request(port).status == 200
-    assert "Listening at: http://127.0.0.1:%d" % port in master.log
+    assert f"Listening at: http://127.0.0.1:{port}" in master.log
 
 
 def test_preload_app_is_honoured(gunicorn, mode):

@@ -3,7 +3,6 @@
 import sys
 
 from gunicorn.app.base import BaseApplication
-
 from plain_app import app
 
 
@@ -23,7 +22,13 @@ class StandaloneApplication(BaseApplication):
 
 if __name__ == "__main__":
     bind, mode, ctl = sys.argv[1:4]
-    StandaloneApplication(app, {
-        "bind": bind, "workers": 2, "worker_class": "gilworker", "gil_mode": mode,
-        "control_socket": ctl,
-    }).run()
+    StandaloneApplication(
+        app,
+        {
+            "bind": bind,
+            "workers": 2,
+            "worker_class": "gilworker",
+            "gil_mode": mode,
+            "control_socket": ctl,
+        },
+    ).run()

@@ -47,6 +47,8 @@ async def http(scope, receive, send):
         return
     if path == "/sleep":
         await asyncio.sleep(float(query["s"][0]))
+    elif path == "/csleep":  # one long C call: no stop or exception reaches it before it returns
+        time.sleep(float(query["s"][0]))
     elif path == "/block":  # blocks the event loop, in small steps an async exception can stop
         deadline = time.monotonic() + float(query["s"][0])
         while time.monotonic() < deadline:
@@ -68,10 +70,13 @@ async def http(scope, receive, send):
 
 
 async def start(send, status, content_type):
-    await send({
-        "type": "http.response.start", "status": status,
-        "headers": [(b"content-type", content_type)],
-    })
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(b"content-type", content_type)],
+        }
+    )
 
 
 async def echo(receive, send):

@@ -15,12 +15,14 @@ async def lifespan(app):
 
 
 async def home(request):
-    return JSONResponse({
-        "state_loop": request.state.loop,
-        "loop": id(asyncio.get_running_loop()),
-        "state_thread": request.state.thread,
-        "thread": threading.current_thread().name,
-    })
+    return JSONResponse(
+        {
+            "state_loop": request.state.loop,
+            "loop": id(asyncio.get_running_loop()),
+            "state_thread": request.state.thread,
+            "thread": threading.current_thread().name,
+        }
+    )
 
 
 async def stream(request):

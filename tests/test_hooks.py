@@ -1,0 +1,100 @@
+"""Every server hook gunicorn calls for a worker, called the same way in both modes."""
+
+from __future__ import annotations
+
+import signal
+
+import pytest
+from server import APPS, background_request, request, wait_for
+
+HOOKS = ["-c", str(APPS / "hooks_conf.py")]
+THREAD_ID_BASE = 10_000_000
+
+
+def per_worker(entries: list[dict], hook: str) -> list[dict]:
+    return [e for e in entries if e["hook"] == hook]
+
+
+def test_full_lifecycle_calls_each_hook_once_per_worker(gunicorn, mode):
+    master = gunicorn.start(*HOOKS, mode=mode, workers=2)
+    assert request(gunicorn.port).status == 200
+    master.signal(signal.SIGTERM)
+    assert master.wait() == 0
+
+    counts = gunicorn.hook_counts()
+    assert counts == {
+        "on_starting": 1,
+        "nworkers_changed": 1,
+        "when_ready": 1,
+        "pre_fork": 2,
+        "post_fork": 2,
+        "post_worker_init": 2,
+        "worker_exit": 2,
+        "child_exit": 2,
+        "on_exit": 1,
+    }
+    entries = gunicorn.hooks()
+    changed = per_worker(entries, "nworkers_changed")[0]
+    assert (changed["old"], changed["new"]) == (None, 2)
+    for hook in ("post_fork", "post_worker_init", "worker_exit", "child_exit"):
+        assert {e["mode"] for e in per_worker(entries, hook)} == {mode}, hook
+    workers = {e["worker"] for e in per_worker(entries, "post_worker_init")}
+    assert len(workers) == 2
+    for hook in ("worker_exit", "child_exit"):
+        assert {e["worker"] for e in per_worker(entries, hook)} == workers
+    if mode == "thread":
+        assert all(w > THREAD_ID_BASE for w in workers)
+        for e in per_worker(entries, "post_fork") + per_worker(entries, "worker_exit"):
+            assert e["pid"] == master.pid and e["thread"].startswith("gilworker-")
+    else:
+        assert all(w < THREAD_ID_BASE for w in workers)
+        for e in per_worker(entries, "post_worker_init") + per_worker(entries, "worker_exit"):
+            assert e["pid"] == e["worker"] != master.pid
+    # the master-side hooks run in the master's main thread, in both modes
+    for hook in ("on_starting", "when_ready", "pre_fork", "child_exit", "on_exit"):
+        assert all(
+            e["pid"] == master.pid and e["thread"] == "MainThread"
+            for e in per_worker(entries, hook)
+        ), hook
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGQUIT])
+def test_quick_stop_calls_worker_int_in_each_worker(gunicorn, mode, sig):
+    master = gunicorn.start(*HOOKS, mode=mode, workers=2)
+    master.signal(sig)
+    assert master.wait() == 0
+    counts = gunicorn.hook_counts()
+    assert counts["worker_int"] == 2
+    assert counts["worker_exit"] == 2
+    assert counts["on_exit"] == 1
+    entries = per_worker(gunicorn.hooks(), "worker_int")
+    assert {e["mode"] for e in entries} == {mode}
+    if mode == "thread":  # on the worker's own thread, as a process runs it in itself
+        assert all(e["thread"].startswith("gilworker-") for e in entries)
+
+
+def test_ttin_and_ttou_change_the_worker_count(gunicorn, mode):
+    master = gunicorn.start(*HOOKS, mode=mode, workers=2)
+    master.signal(signal.SIGTTIN)
+    wait_for(lambda: gunicorn.hook_counts().get("post_worker_init") == 3, 20, "a third worker")
+    master.signal(signal.SIGTTOU)
+    wait_for(lambda: gunicorn.hook_counts().get("child_exit") == 1, 20, "one worker reaped")
+    changes = [(e["old"], e["new"]) for e in per_worker(gunicorn.hooks(), "nworkers_changed")]
+    assert changes == [(None, 2), (2, 3), (3, 2)]
+    # the oldest worker was the one retired, as gunicorn does
+    exited = per_worker(gunicorn.hooks(), "worker_exit")
+    assert [e["age"] for e in exited] == [1]
+    assert request(gunicorn.port).status == 200
+
+
+def test_timeout_aborts_a_stuck_worker_and_replaces_it(gunicorn, mode):
+    master = gunicorn.start(*HOOKS, "--timeout", "3", mode=mode, workers=1)
+    background_request(gunicorn.port, "/block?s=30", timeout=40)
+    master.wait_log(r"WORKER TIMEOUT", timeout=20)
+    wait_for(lambda: gunicorn.hook_counts().get("post_worker_init") == 2, 20, "a new worker")
+    assert request(gunicorn.port, timeout=10).status == 200
+    counts = gunicorn.hook_counts()
+    assert counts["worker_abort"] == 1
+    abort = per_worker(gunicorn.hooks(), "worker_abort")[0]
+    assert abort["mode"] == mode and abort["age"] == 1
+    wait_for(lambda: gunicorn.hook_counts().get("child_exit") == 1, 10, "the stuck one reaped")

@@ -1,0 +1,73 @@
+"""The rules that choose threads or processes (pure functions, no gunicorn)."""
+
+from __future__ import annotations
+
+import pytest
+
+from gunicorn_gilworker.mode import decide, gil_cause, needs_app_import
+from gunicorn_gilworker.settings import validate_gil_mode
+
+
+@pytest.mark.parametrize(
+    ("requested", "free_threaded", "gil_on", "mode", "forced"),
+    [
+        ("auto", False, True, "process", False),
+        ("auto", True, False, "thread", False),
+        ("auto", True, True, "process", True),  # the GIL came back: fall back, loudly
+        ("thread", True, False, "thread", False),
+        ("thread", False, True, "thread", True),  # threads on a GIL build: allowed, warned
+        ("thread", True, True, "thread", True),
+        ("process", False, True, "process", False),
+        ("process", True, False, "process", True),  # against the build: warned
+    ],
+)
+def test_decide(requested, free_threaded, gil_on, mode, forced):
+    decision = decide(requested, free_threaded, gil_on)
+    assert (decision.mode, decision.forced) == (mode, forced)
+    kind = "threads in one process" if mode == "thread" else "forked processes"
+    assert decision.message.startswith(f"gilworker: running workers as {kind} (")
+
+
+def test_the_fallback_names_its_cause():
+    cause = gil_cause(
+        [
+            "unrelated",
+            "The global interpreter lock (GIL) has been enabled to load module "
+            "'numpy._core', which has not declared that it can run safely without the GIL.",
+        ],
+        None,
+        None,
+    )
+    assert cause == "importing the extension module 'numpy._core' re-enabled the GIL"
+    assert cause in decide("auto", True, True, cause).reason
+
+
+@pytest.mark.parametrize(
+    ("env", "xoption", "expected"),
+    [
+        ("1", None, "PYTHON_GIL=1 keeps the GIL on"),
+        (None, "1", "-X gil=1 keeps the GIL on"),
+        (None, None, None),
+        ("0", None, None),
+    ],
+)
+def test_gil_cause_from_the_user(env, xoption, expected):
+    assert gil_cause([], env, xoption) == expected
+
+
+def test_the_app_is_imported_in_the_master_only_when_the_choice_needs_it():
+    assert needs_app_import("thread", False) and needs_app_import("auto", True)
+    assert not needs_app_import("auto", False) and not needs_app_import("process", True)
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"), [(None, "auto"), (" Thread ", "thread"), ("process", "process")]
+)
+def test_validate_gil_mode(value, expected):
+    assert validate_gil_mode(value) == expected
+
+
+@pytest.mark.parametrize("value", ["threads", "", 1, True])
+def test_validate_gil_mode_refuses(value):
+    with pytest.raises(ValueError, match=r"^gil_mode must be one of auto, thread, process; got "):
+        validate_gil_mode(value)

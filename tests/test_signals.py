@@ -1,0 +1,129 @@
+"""The master's signals, exit codes and gunicornc, in both modes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import threading
+import time
+
+import pytest
+from server import BIN, request, wait_for
+
+THREAD_ID_BASE = 10_000_000
+
+
+def test_sigterm_finishes_in_flight_requests_and_exits_zero(gunicorn, mode):
+    master = gunicorn.start(mode=mode)
+    results: list[object] = []
+
+    def slow() -> None:
+        try:
+            results.append(request(gunicorn.port, "/sleep?s=1.5", timeout=20).status)
+        except Exception as exc:
+            results.append(exc)
+
+    client = threading.Thread(target=slow)
+    client.start()
+    time.sleep(0.5)  # the request is in flight (it takes 1.5 s)
+    master.signal(signal.SIGTERM)
+    assert master.wait() == 0
+    client.join(20)
+    assert results == [200]
+
+
+@pytest.mark.parametrize(
+    ("app", "status", "reason"),
+    [
+        ("failing_lifespan:app", 3, "Worker failed to boot."),
+        ("raising_import:app", 3, "Worker failed to boot."),
+        ("plain_app:missing", 4, "App failed to load."),
+    ],
+)
+def test_boot_and_app_load_errors_halt_the_master(gunicorn, mode, app, status, reason):
+    master = gunicorn.start(mode=mode, app=app, ready=None)
+    assert master.wait() == status
+    assert f"Reason: {reason}" in master.log
+    assert "Shutting down: Master" in master.log
+
+
+def ctl(gunicorn, command: str) -> str:
+    """A gunicornc command. In process mode gunicorn takes its control socket down around each
+    fork (os.register_at_fork), so a connection can be refused while a worker is spawned."""
+    sock = gunicorn.tmp_path / "ctl-0.sock"
+
+    def attempt() -> str | None:
+        if not sock.exists():
+            return None
+        done = subprocess.run(
+            [str(BIN / "gunicornc"), "-s", str(sock), "-j", "-c", command],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        if done.returncode != 0 and "Failed to connect" in done.stderr:
+            return None
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    return wait_for(attempt, 10, f"gunicornc {command!r}")
+
+
+def test_gunicornc_shows_and_kills_workers_without_signalling_a_process(gunicorn, mode):
+    master = gunicorn.start(mode=mode, workers=2)
+    shown = json.loads(ctl(gunicorn, "show workers"))
+    ids = [w["pid"] for w in shown["workers"]]
+    assert len(ids) == 2 and {w["mode"] for w in shown["workers"]} == {mode}
+    if mode == "thread":
+        for wid in ids:
+            assert wid > THREAD_ID_BASE
+            with pytest.raises(ProcessLookupError):  # no process can ever have this id
+                os.kill(wid, 0)
+    else:
+        assert sorted(ids) == sorted(master.children())
+
+    killed = json.loads(ctl(gunicorn, f"worker kill {ids[0]}"))
+    assert killed == {"success": True, "killed": ids[0]}
+
+    def replaced() -> bool:
+        now = [w["pid"] for w in json.loads(ctl(gunicorn, "show workers"))["workers"]]
+        return len(now) == 2 and ids[0] not in now
+
+    wait_for(replaced, 20, "the killed worker to be replaced")
+    assert master.proc.poll() is None  # the master itself was not signalled
+    assert request(gunicorn.port).status == 200
+
+
+def test_gunicornc_worker_add_and_remove(gunicorn, mode):
+    gunicorn.start(mode=mode, workers=1)
+    assert json.loads(ctl(gunicorn, "worker add 2"))["total"] == 3
+    wait_for(lambda: json.loads(ctl(gunicorn, "show workers"))["count"] == 3, 20, "3 workers")
+    assert json.loads(ctl(gunicorn, "worker remove 1"))["total"] == 2
+    wait_for(lambda: json.loads(ctl(gunicorn, "show workers"))["count"] == 2, 20, "2 workers")
+    assert request(gunicorn.port).status == 200
+
+
+def test_hup_replaces_the_workers_and_keeps_serving(gunicorn, mode):
+    master = gunicorn.start(mode=mode, workers=2)
+    before = {w["pid"] for w in json.loads(ctl(gunicorn, "show workers"))["workers"]}
+    master.signal(signal.SIGHUP)
+
+    def all_new() -> bool:
+        now = {w["pid"] for w in json.loads(ctl(gunicorn, "show workers"))["workers"]}
+        return len(now) == 2 and not (now & before)
+
+    wait_for(all_new, 30, "new workers after HUP")
+    assert request(gunicorn.port).status == 200
+    master.signal(signal.SIGTERM)
+    assert master.wait() == 0
+
+
+def test_usr1_and_winch_leave_the_workers_serving(gunicorn, mode):
+    master = gunicorn.start(mode=mode, workers=2)
+    master.signal(signal.SIGUSR1)
+    master.signal(signal.SIGWINCH)
+    master.wait_log("Handling signal: usr1")
+    assert all(request(gunicorn.port).status == 200 for _ in range(5))
+    assert json.loads(ctl(gunicorn, "show workers"))["count"] == 2
