@@ -8,7 +8,7 @@ import threading
 
 async def app(scope, receive, send):
     if scope["type"] == "lifespan":
-        while (message := await receive())["type"] != "lifespan.shutdown":
+        while (await receive())["type"] != "lifespan.shutdown":
             await send({"type": "lifespan.startup.complete"})
         await send({"type": "lifespan.shutdown.complete"})
         return
@@ -20,8 +20,11 @@ async def app(scope, receive, send):
         "python": sys.version.split()[0],
         "gil": "on" if gil else "off",
     }
-    await send({
-        "type": "http.response.start", "status": 200,
-        "headers": [(b"content-type", b"application/json")],
-    })
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 200,
+            "headers": [(b"content-type", b"application/json")],
+        }
+    )
     await send({"type": "http.response.body", "body": json.dumps(body).encode() + b"\n"})

@@ -59,10 +59,10 @@ FT_PYTHON="$(bash "$ROOT/scripts/build-freethreaded-python.sh")"
 GIL_VENV="$(make_venv gil "$GIL_PYTHON" ".[test,fast]")"
 FT_VENV="$(make_venv freethreaded "$FT_PYTHON" -e ".[test,fast]")"
 
-log "ruff"
-"$GIL_VENV/bin/ruff" check . && "$GIL_VENV/bin/ruff" format --check .
-
 failed=0
+log "ruff"
+"$GIL_VENV/bin/ruff" check . || failed=1
+"$GIL_VENV/bin/ruff" format --check . || failed=1
 run_suite "GIL build" "$GIL_VENV" "$@" || failed=1
 run_suite "free-threaded build" "$FT_VENV" "$@" || failed=1
 exit "$failed"

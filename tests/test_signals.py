@@ -51,7 +51,8 @@ def test_boot_and_app_load_errors_halt_the_master(gunicorn, mode, app, status, r
 
 def ctl(gunicorn, command: str) -> str:
     """A gunicornc command. In process mode gunicorn takes its control socket down around each
-    fork (os.register_at_fork), so a connection can be refused while a worker is spawned."""
+    fork (os.register_at_fork), so a connection can be refused or reset while a worker is
+    spawned: such an attempt is made again."""
     sock = gunicorn.tmp_path / "ctl-0.sock"
 
     def attempt() -> str | None:
@@ -63,7 +64,9 @@ def ctl(gunicorn, command: str) -> str:
             text=True,
             timeout=30,
         )
-        if done.returncode != 0 and "Failed to connect" in done.stderr:
+        if done.returncode != 0 and (
+            "Failed to connect" in done.stderr or "Connection reset" in done.stderr
+        ):
             return None
         assert done.returncode == 0, done.stderr
         return done.stdout
