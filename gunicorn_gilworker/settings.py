@@ -8,6 +8,8 @@ builds its `Config`.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from gunicorn.config import Setting
 
 GIL_MODES = ("auto", "thread", "process")
@@ -37,4 +39,46 @@ class GilMode(Setting):
         as forked processes otherwise. ``thread`` forces threads (on a GIL build they share one
         GIL: memory is saved, CPU-bound code does not run in parallel). ``process`` forces
         gunicorn's usual forked processes. Only the ``gilworker`` worker class reads it.
+        """
+
+
+def validate_non_negative(name: str, kind: type) -> Callable[[object], int | float]:
+    def validate(value: object) -> int | float:
+        try:
+            number = kind(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"{name} must be a number >= 0; got {value!r}") from None
+        if number < 0 or (kind is float and number != number):  # NaN
+            raise ValueError(f"{name} must be a number >= 0; got {value!r}")
+        return number
+
+    return validate
+
+
+class MaxRestarts(Setting):
+    name = "max_restarts"
+    section = "Worker Processes"
+    cli = ["--max-restarts"]  # noqa: RUF012  (gunicorn reads it as a plain list)
+    meta = "INT"
+    validator = validate_non_negative("max_restarts", int)
+    default = 5
+    desc = """\
+        gilworker: crashes of one worker slot within --restart-window before respawns back off.
+
+        Past this many crashes the slot's next respawns wait 0.1 s, doubling each further crash
+        up to 30 s, instead of spinning; each wait is logged. Boot errors still halt the master.
+        """
+
+
+class RestartWindow(Setting):
+    name = "restart_window"
+    section = "Worker Processes"
+    cli = ["--restart-window"]  # noqa: RUF012  (gunicorn reads it as a plain list)
+    meta = "SECONDS"
+    validator = validate_non_negative("restart_window", float)
+    default = 60.0
+    desc = """\
+        gilworker: the window (seconds) in which --max-restarts crashes are counted.
+
+        A worker that stays up for the whole window clears its slot's record.
         """

@@ -71,6 +71,7 @@ class ThreadWorker:
         self.arbiter = arbiter
         self.id = THREAD_ID_BASE + worker.age
         self.exit_code: int | None = None
+        self.retired_at = 0.0  # when it was aborted and replaced (0: it still counts as a worker)
         self.finished = threading.Event()
         self.thread = threading.Thread(target=self._run, name=f"gilworker-{self.id}", daemon=True)
         worker.gil_mode = "thread"
@@ -114,6 +115,11 @@ class ThreadWorker:
             self.exit_code = status
             self.finished.set()
             arbiter.SIG_QUEUE.put_nowait(signal.SIGCHLD)  # after the status: the reap sees it
+
+    def abandon(self) -> None:
+        """Cut a thread that will not end off from its listeners (it may wake up one day)."""
+        self.worker.stop(graceful=False)
+        self._close_sockets()
 
     def _close_sockets(self) -> None:
         for listener in self.worker.sockets:

@@ -1,0 +1,42 @@
+"""New code on HUP in thread mode: forget the app's own modules so that they are imported again.
+
+A forked worker imports the app afresh; worker threads share the master's `sys.modules`. The
+app's own modules are those loaded from under its directory (`--chdir`, and `--pythonpath`
+entries), outside any site-packages and outside gunicorn, uvicorn and gilworker themselves.
+Workers still running the old code keep their references to the old module objects.
+What cannot be reloaded in one process: C extensions (never unloaded), and state that libraries
+keep at module level about the app's old objects (registries, caches, singletons).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterable
+
+KEEP = ("gunicorn", "uvicorn", "gunicorn_gilworker", "__main__", "__config__")
+LIBRARY_DIRS = ("site-packages", "dist-packages")
+
+
+def app_modules(app_dirs: Iterable[str], modules: dict[str, object] | None = None) -> list[str]:
+    """Names of the loaded modules whose files lie under one of `app_dirs`."""
+    modules = sys.modules if modules is None else modules
+    roots = [os.path.join(os.path.realpath(d), "") for d in app_dirs]
+    found = []
+    for name, module in list(modules.items()):
+        path = getattr(module, "__file__", None)
+        if not path or name.split(".")[0] in KEEP:
+            continue
+        path = os.path.realpath(path)
+        if any(part in path.split(os.sep) for part in LIBRARY_DIRS):
+            continue
+        if any(path.startswith(root) for root in roots):
+            found.append(name)
+    return found
+
+
+def forget_app_modules(app_dirs: Iterable[str]) -> list[str]:
+    names = app_modules(app_dirs)
+    for name in names:
+        sys.modules.pop(name, None)
+    return names
