@@ -293,7 +293,7 @@ class GilArbiter(Arbiter):
         if not crashed or slot is None or self.halting:
             return
         self._stats["worker_crashes"] += 1
-        self.log.info(
+        self.log.debug(  # a statsd counter
             "worker crashed",
             extra={"metric": "gilworker.worker_crashes", "value": 1, "mtype": "counter"},
         )

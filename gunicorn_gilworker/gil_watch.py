@@ -46,7 +46,7 @@ class GilWatch:
         self.report()
 
     def report(self) -> None:
-        self.log.info(
+        self.log.debug(  # a statsd gauge, as gunicorn reports its worker count
             "gil enabled: %s",
             self.enabled,
             extra={"metric": "gilworker.gil_enabled", "value": int(self.enabled), "mtype": "gauge"},

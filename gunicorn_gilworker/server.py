@@ -15,6 +15,8 @@ from collections.abc import Callable, Iterator
 
 import uvicorn
 
+ACCEPT_GRACE = 0.05  # seconds; a loopback or LAN client sends its request well within it
+
 
 class WorkerServer(uvicorn.Server):
     loop: asyncio.AbstractEventLoop | None = None
@@ -26,6 +28,16 @@ class WorkerServer(uvicorn.Server):
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         self.loop = asyncio.get_running_loop()
         await super().startup(sockets=sockets)
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        # Stop accepting, then give connections accepted a moment ago the time to send their
+        # request: uvicorn's shutdown closes a connection that has no request in progress yet,
+        # and a client that had just connected would see its request fail (max_requests, HUP).
+        if not self.force_exit:
+            for server in self.servers:
+                server.close()
+            await asyncio.sleep(ACCEPT_GRACE)
+        await super().shutdown(sockets=sockets)
 
     def call_in_loop(self, callback: Callable[..., object], *args: object) -> None:
         """Run `callback` on the server's own loop (thread-safe); directly before it runs."""

@@ -33,6 +33,18 @@ class GilWorker(Worker):
         self.config = Config(**self.uvicorn_settings())
         self.server = WorkerServer(self.config)
 
+    @property
+    def alive(self) -> bool:
+        return self._alive
+
+    @alive.setter
+    def alive(self, value: bool) -> None:
+        # gunicorn stops a worker by clearing `alive` (its --reload watcher does, from its own
+        # thread): uvicorn never reads it, so clearing it asks the server to stop.
+        self._alive = value
+        if not value and hasattr(self, "server"):
+            self.server.request_exit(force=False)
+
     def __str__(self) -> str:
         return f"<GilWorker {self.gil_mode} {self.pid}>"
 
@@ -106,13 +118,13 @@ class GilWorker(Worker):
 
     def stop(self, graceful: bool) -> None:
         """Graceful: finish in-flight requests, close keep-alive. Thread-safe."""
-        self.alive = False
+        self._alive = False
         self.server.request_exit(force=not graceful)
 
     def quit(self) -> None:
         """gunicorn's QUIT/INT: the `worker_int` hook (on the worker's loop), then a fast stop.
         Thread-safe."""
-        self.alive = False
+        self._alive = False
         self.server.call_in_loop(self._interrupted)
 
     def _interrupted(self) -> None:
@@ -123,7 +135,7 @@ class GilWorker(Worker):
         """gunicorn's ABRT (a timeout): the `worker_abort` hook, then exit 1 at once. The caller
         also raises into the stuck code; this makes sure the worker ends even if that exception
         is caught (uvicorn answers 500 for it and would keep serving)."""
-        self.alive = False
+        self._alive = False
         self.exit_status = 1
         self.cfg.worker_abort(self)
         self.stop(graceful=False)

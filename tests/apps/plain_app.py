@@ -45,7 +45,9 @@ async def http(scope, receive, send):
             await asyncio.sleep(float(query.get("delay", ["0.01"])[0]))
         await send({"type": "http.response.body", "body": b""})
         return
-    if path == "/sleep":
+    if path == "/crash":  # ends this worker's event loop: the worker dies, as by a bug
+        asyncio.get_running_loop().call_soon(crash)
+    elif path == "/sleep":
         await asyncio.sleep(float(query["s"][0]))
     elif path == "/csleep":  # one long C call: no stop or exception reaches it before it returns
         time.sleep(float(query["s"][0]))
@@ -67,6 +69,10 @@ async def http(scope, receive, send):
     }
     await start(send, 200, b"application/json")
     await send({"type": "http.response.body", "body": json.dumps(body).encode()})
+
+
+def crash():
+    raise SystemExit(1)
 
 
 async def start(send, status, content_type):

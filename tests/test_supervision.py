@@ -1,0 +1,276 @@
+"""Supervision: crashes, crash-loop budget, stuck workers, recycling, reloads, graceful stops."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import signal
+import subprocess
+import threading
+import time
+
+import pytest
+from server import GUNICORN, background_request, request, wait_for
+from test_signals import ctl
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import connect
+
+
+def worker_ids(gunicorn) -> list[int]:
+    return [w["pid"] for w in json.loads(ctl(gunicorn, "show workers"))["workers"]]
+
+
+def stats(gunicorn) -> dict:
+    return json.loads(ctl(gunicorn, "show stats"))
+
+
+def crash_one_worker(gunicorn) -> None:
+    """/crash ends the serving worker's event loop right after its answer."""
+    assert request(gunicorn.port, "/crash").status == 200
+
+
+def test_a_crashed_worker_is_reaped_and_replaced_others_undisturbed(gunicorn, mode):
+    gunicorn.start("-c", str(gunicorn_hooks()), mode=mode, workers=2)
+    before = worker_ids(gunicorn)
+    crash_one_worker(gunicorn)
+    wait_for(lambda: gunicorn.hook_counts().get("child_exit") == 1, 10, "the crashed one reaped")
+    wait_for(lambda: len(set(worker_ids(gunicorn)) - set(before)) == 1, 10, "a replacement")
+    after = worker_ids(gunicorn)
+    assert len(after) == 2 and len(set(after) & set(before)) == 1  # the other one still serves
+    assert stats(gunicorn)["worker_crashes"] == 1
+    assert all(request(gunicorn.port).status == 200 for _ in range(10))
+
+
+def gunicorn_hooks():
+    from server import APPS
+
+    return APPS / "hooks_conf.py"
+
+
+def test_a_crash_loop_backs_off_instead_of_spinning(gunicorn, mode):
+    master = gunicorn.start("--max-restarts", "2", "--restart-window", "60", mode=mode, workers=1)
+    for crashes in range(1, 6):
+        wait_for(lambda: _serves(gunicorn), 20, "a worker to serve")
+        crash_one_worker(gunicorn)
+        wait_for(lambda c=crashes: stats(gunicorn)["worker_crashes"] == c, 10, f"crash {crashes}")
+    # crashes 3, 4 and 5 are past the budget of 2: 0.1 s, then doubling, each logged
+    master.wait_log(r"next start in 0\.1s")
+    master.wait_log(r"next start in 0\.2s")
+    master.wait_log(r"next start in 0\.4s")
+    assert master.log_count(r"next start in") == 3
+    wait_for(lambda: _serves(gunicorn), 20, "the slot to serve again")
+    assert master.proc.poll() is None  # runtime crashes never stop the master
+
+
+def _serves(gunicorn) -> bool:
+    try:
+        return request(gunicorn.port, timeout=2).status == 200
+    except OSError:
+        return False
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "error"),
+    [
+        ("--max-restarts", "-1", "max_restarts must be a number >= 0; got '-1'"),
+        ("--max-restarts", "many", "max_restarts must be a number >= 0; got 'many'"),
+        ("--restart-window", "-5", "restart_window must be a number >= 0; got '-5'"),
+        ("--restart-window", "soon", "restart_window must be a number >= 0; got 'soon'"),
+    ],
+)
+def test_bad_budget_values_are_refused_in_one_line(gunicorn, tmp_path, flag, value, error):
+    done = subprocess.run(
+        [GUNICORN, "-k", "gilworker", flag, value, "plain_app:app"],
+        env=gunicorn.env(),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert [line for line in done.stderr.splitlines() if line.startswith("Error:")] == [
+        f"Error: {error}"
+    ]
+
+
+def test_a_stuck_worker_is_replaced_at_once(gunicorn, mode):
+    """A handler that blocks its event loop past --timeout: worker_abort, and -w 1 serves
+    again right after the timeout (the stuck thread is replaced, not waited for)."""
+    master = gunicorn.start("--timeout", "3", mode=mode, workers=1)
+    background_request(gunicorn.port, "/block?s=30", timeout=40)
+    master.wait_log(r"WORKER TIMEOUT", timeout=20)
+    wait_for(lambda: _serves(gunicorn), 5, "a replacement to serve")
+
+
+def test_a_thread_stuck_in_c_is_abandoned_after_graceful_timeout(gunicorn):
+    master = gunicorn.start("--timeout", "3", "--graceful-timeout", "2", mode="thread", workers=1)
+    stuck = worker_ids(gunicorn)[0]
+    background_request(gunicorn.port, "/csleep?s=60", timeout=70)
+    master.wait_log(r"WORKER TIMEOUT", timeout=20)
+    wait_for(lambda: _serves(gunicorn), 5, "a replacement to serve")
+    master.wait_log(rf"Worker thread {stuck} did not stop within 2s of its abort: abandoned")
+    assert stats(gunicorn)["threads_abandoned"] == 1
+    assert stuck not in worker_ids(gunicorn) and len(worker_ids(gunicorn)) == 1
+    assert all(request(gunicorn.port).status == 200 for _ in range(5))
+
+
+def test_max_requests_recycles_workers_without_failing_a_request(gunicorn, mode):
+    gunicorn.start("--max-requests", "10", "--max-requests-jitter", "5", mode=mode, workers=1)
+    served_by, failures = set(), 0
+    for _ in range(100):
+        try:
+            body = request(gunicorn.port, timeout=10).json()
+            served_by.add((body["pid"], body["thread"]))
+        except (OSError, http.client.HTTPException):
+            failures += 1
+        time.sleep(0.03)  # uvicorn checks its request count every 0.1 s
+    assert failures == 0
+    assert len(served_by) >= 3  # 100 requests, about 15 (+ one tick) per worker
+
+
+class Load:
+    """Requests on new connections from a few client threads until stopped (bounded)."""
+
+    def __init__(self, port: int, clients: int = 4, limit: int = 20000) -> None:
+        self.port, self.limit = port, limit
+        self.sent = self.failed = 0
+        self.bodies: list[dict] = []
+        self.running = True
+        self.lock = threading.Lock()
+        self.threads = [threading.Thread(target=self._run, daemon=True) for _ in range(clients)]
+        for t in self.threads:
+            t.start()
+
+    def _run(self) -> None:
+        while self.running and self.sent < self.limit:
+            try:
+                body = request(self.port, "/version", timeout=10).json()
+                ok = True
+            except (OSError, http.client.HTTPException, ValueError):
+                ok, body = False, None
+            with self.lock:
+                self.sent += 1
+                self.failed += not ok
+                if body:
+                    self.bodies.append(body)
+
+    def stop(self) -> None:
+        self.running = False
+        for t in self.threads:
+            t.join(30)
+
+
+APP_V1 = """
+async def app(scope, receive, send):
+    if scope["type"] != "http":
+        return
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": b'{"version": VERSION}'})
+"""
+
+
+def write_app(path, version: int) -> None:
+    path.write_text(APP_V1.replace("VERSION", str(version)))
+    later = time.time() + version  # a newer mtime than any earlier write, for the reloader
+    import os
+
+    os.utime(path, (later, later))
+
+
+def test_hup_under_load_serves_new_code_and_fails_no_request(gunicorn, mode, tmp_path):
+    code = tmp_path / "app_dir"
+    code.mkdir()
+    write_app(code / "versioned.py", 1)
+    master = gunicorn.start(
+        "--chdir",
+        str(code),
+        "--asgi-lifespan",
+        "off",
+        mode=mode,
+        workers=2,
+        app="versioned:app",
+        ready=r"Booting worker",
+    )
+    wait_for(lambda: _serves(gunicorn), 20, "serving")
+    load = Load(gunicorn.port)
+    try:
+        wait_for(lambda: load.sent > 50, 20, "load running")
+        write_app(code / "versioned.py", 2)
+        master.signal(signal.SIGHUP)
+        wait_for(lambda: load.bodies and load.bodies[-1]["version"] == 2, 30, "new code served")
+        time.sleep(1)
+    finally:
+        load.stop()
+    print(f"HUP under load ({mode}): {load.sent} requests sent, {load.failed} failed")
+    assert load.failed == 0
+    assert {b["version"] for b in load.bodies[-20:]} == {2}
+
+
+def test_reload_on_file_change_serves_new_code(gunicorn, mode, tmp_path):
+    code = tmp_path / "app_dir"
+    code.mkdir()
+    write_app(code / "versioned.py", 1)
+    gunicorn.start(
+        "--chdir",
+        str(code),
+        "--reload",
+        "--asgi-lifespan",
+        "off",
+        mode=mode,
+        workers=1,
+        app="versioned:app",
+        ready=r"Booting worker",
+    )
+    wait_for(lambda: _serves(gunicorn), 20, "serving")
+    assert request(gunicorn.port).json() == {"version": 1}
+    write_app(code / "versioned.py", 2)
+
+    def new_code() -> bool:
+        try:
+            return request(gunicorn.port, timeout=2).json() == {"version": 2}
+        except (OSError, ValueError, http.client.HTTPException):
+            return False
+
+    wait_for(new_code, 30, "the changed file served")
+
+
+def test_sigterm_lets_streams_finish_and_closes_websockets(gunicorn, mode):
+    master = gunicorn.start(mode=mode, workers=2)
+    streamed: list[object] = []
+
+    def stream() -> None:
+        try:
+            streamed.append(request(gunicorn.port, "/stream?n=30&delay=0.05", timeout=20).body)
+        except Exception as exc:
+            streamed.append(exc)
+
+    client = threading.Thread(target=stream)
+    with connect(f"ws://127.0.0.1:{gunicorn.port}/ws", open_timeout=10) as ws:
+        ws.send("before")
+        assert ws.recv(timeout=10).startswith("echo:before")
+        client.start()
+        time.sleep(0.3)
+        master.signal(signal.SIGTERM)
+        with pytest.raises(ConnectionClosed) as closed:
+            ws.recv(timeout=15)
+        assert closed.value.rcvd is not None  # a close frame, not a dropped connection
+        assert closed.value.rcvd.code == 1012  # "service restart"
+    client.join(20)
+    assert streamed == [b"".join(b"chunk%d\n" % i for i in range(30))]
+    assert master.wait() == 0
+
+
+def test_sigterm_closes_keep_alive_after_the_current_response(gunicorn, mode):
+    master = gunicorn.start(mode=mode, workers=1)
+    conn = http.client.HTTPConnection("127.0.0.1", gunicorn.port, timeout=10)
+    try:
+        assert request(conn=conn).status == 200
+        conn.request("GET", "/sleep?s=1")
+        time.sleep(0.3)
+        master.signal(signal.SIGTERM)
+        resp = conn.getresponse()
+        assert resp.status == 200 and resp.read()
+        assert resp.getheader("connection") == "close"
+    finally:
+        conn.close()
+    assert master.wait() == 0
