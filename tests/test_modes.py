@@ -167,3 +167,55 @@ def test_sigterm_after_mode_choice_exits_zero(gunicorn, mode):
     master = gunicorn.start(mode=mode)
     master.signal(signal.SIGTERM)
     assert master.wait() == 0
+
+
+def test_gil_coming_back_at_run_time_is_reported_once(mocker):
+    """GilWatch on a mocked GIL (the GIL build cannot re-enable one; see the real test below)."""
+    from gunicorn_gilworker import gil_watch
+
+    log = mocker.Mock()
+    mocker.patch.object(gil_watch, "gil_enabled", return_value=False)
+    watch = gil_watch.GilWatch(log)
+    watch.start()
+    try:
+        warn_gil()  # CPython's warning, as a lazy import in a request would raise it
+        mocker.patch.object(gil_watch, "gil_enabled", return_value=True)
+        watch.check()
+        watch.check()
+    finally:
+        import warnings
+
+        warnings.showwarning = watch._show_warning
+    assert log.warning.call_count == 1
+    assert "'fakemod' re-enabled the GIL" in log.warning.call_args.args[1]
+    gauges = [c.kwargs["extra"]["value"] for c in log.debug.call_args_list]
+    assert gauges == [0, 1]
+
+
+@pytest.mark.skipif(not FREE_THREADED, reason="a GIL build has no GIL to re-enable")
+def test_a_lazy_import_that_enables_the_gil_is_reported(gunicorn, tmp_path):
+    import json
+
+    from test_signals import ctl
+
+    compile_gil_module(tmp_path)
+    (tmp_path / "lazy_app.py").write_text(
+        "from plain_app import app as plain\n"
+        "async def app(scope, receive, send):\n"
+        "    if scope['type'] == 'http' and scope['path'] == '/gil':\n"
+        "        import gilmod  # noqa\n"
+        "    await plain(scope, receive, send)\n"
+    )
+    env = gunicorn.env(PYTHONPATH=f"{tmp_path}:{gunicorn.env()['PYTHONPATH']}")
+    master = gunicorn.start(mode="auto", app="lazy_app:app", env=env)
+    assert "running workers as threads" in master.log
+    assert json.loads(ctl(gunicorn, "show stats"))["gil_enabled"] is False
+    assert request(gunicorn.port, "/gil").status == 200
+    master.wait_log(
+        r"the GIL was re-enabled at run time \(importing the extension module "
+        r"'gilmod' re-enabled the GIL\)"
+    )
+    stats = json.loads(ctl(gunicorn, "show stats"))
+    assert stats["gil_enabled"] is True and "gilmod" in stats["gil_cause"]
+    request(gunicorn.port, "/gil")
+    assert master.log_count("the GIL was re-enabled at run time") == 1
