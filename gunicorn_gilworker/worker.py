@@ -9,11 +9,13 @@ handlers call.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import sys
 from typing import Any
 
 from gunicorn.arbiter import Arbiter
+from gunicorn.errors import AppImportError
 from gunicorn.workers.base import Worker
 from uvicorn.config import Config
 
@@ -111,6 +113,10 @@ class GilWorker(Worker):
         if self.exit_status:
             sys.exit(self.exit_status)
 
+    def load_wsgi(self) -> None:
+        super().load_wsgi()
+        refuse_wsgi(self.wsgi)
+
     async def callback_notify(self) -> None:
         self.notify()
 
@@ -151,3 +157,24 @@ class GilWorker(Worker):
     def handle_abort(self, sig: int, frame: Any) -> None:
         self.abort()
         sys.exit(1)
+
+
+def refuse_wsgi(app: Any) -> None:
+    """A WSGI callable (`app(environ, start_response)`, not a coroutine function) would fail on
+    every request: refuse it at start-up, as an app load error (exit status 4)."""
+    if inspect.isclass(app) or not callable(app):
+        return  # an ASGI 2 class, or something uvicorn will reject in its own words
+    call = app if inspect.isroutine(app) else type(app).__call__
+    if inspect.iscoroutinefunction(call):
+        return
+    try:
+        params = inspect.signature(call).parameters.values()
+    except (TypeError, ValueError):
+        return
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    if len(positional) - (not inspect.isroutine(app)) == 2:  # not counting `self`
+        raise AppImportError(
+            f"{app!r} looks like a WSGI app (environ, start_response): gilworker serves ASGI "
+            "apps. Use gunicorn's threaded worker for WSGI (-k gthread --threads N), or wrap "
+            "the app in a WSGI-to-ASGI adapter such as a2wsgi."
+        )

@@ -130,3 +130,12 @@ def test_usr1_and_winch_leave_the_workers_serving(gunicorn, mode):
     master.wait_log("Handling signal: usr1")
     assert all(request(gunicorn.port).status == 200 for _ in range(5))
     assert json.loads(ctl(gunicorn, "show workers"))["count"] == 2
+
+
+def test_a_wsgi_app_is_refused_at_start_up(gunicorn, mode):
+    master = gunicorn.start(mode=mode, app="wsgi_app:app", ready=None)
+    assert master.wait() == 4
+    assert "looks like a WSGI app (environ, start_response): gilworker serves ASGI apps" in (
+        master.log
+    )
+    assert "-k gthread" in master.log and "Reason: App failed to load." in master.log
