@@ -1,0 +1,52 @@
+"""The examples/ directory, run as a user would, in both modes."""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+
+from server import FREE_THREADED, request, wait_for
+from websockets.sync.client import connect
+
+EXAMPLES = Path(__file__).parent.parent / "examples"
+
+
+def test_starlette_example_with_its_conf_file(gunicorn, mode, tmp_path):
+    worker_dir = tmp_path / "workers"
+    env = gunicorn.env(GIL_MODE=mode, WORKERS="3", WORKER_DIR=str(worker_dir))
+    env["BIND"] = "127.0.0.1:1"  # the launcher's -b wins over the conf file's bind
+    env["PYTHONPATH"] = str(EXAMPLES)
+    master = gunicorn.start(
+        "-c",
+        str(EXAMPLES / "gunicorn.conf.py"),
+        app="starlette_app:app",
+        worker_class=None,
+        workers=3,
+        env=env,
+        mode=None,
+    )
+    files = wait_for(
+        lambda: len(list(worker_dir.iterdir())) == 3 and list(worker_dir.iterdir()),
+        20,
+        "a marker file per worker",
+    )
+    assert {f.read_text() for f in files} == {mode}
+    for _ in range(10):
+        body = request(gunicorn.port).json()
+        assert body["db"] == "ok"
+    with connect(f"ws://127.0.0.1:{gunicorn.port}/ws", open_timeout=10) as ws:
+        ws.send("hi")
+        assert ws.recv(timeout=10).endswith(": hi")
+    assert f"started as a {mode}" in master.log
+    master.signal(signal.SIGTERM)
+    assert master.wait() == 0
+    assert list(worker_dir.iterdir()) == []  # worker_exit ran for every worker
+
+
+def test_hello_example(gunicorn, mode):
+    env = gunicorn.env(PYTHONPATH=str(EXAMPLES))
+    gunicorn.start(app="hello:app", mode=mode, env=env)
+    body = request(gunicorn.port).json()
+    assert body["hello"] == "world"
+    assert body["gil"] == ("off" if FREE_THREADED else "on")
+    assert body["worker"].startswith("gilworker-" if mode == "thread" else "MainThread")
