@@ -82,3 +82,18 @@ class RestartWindow(Setting):
 
         A worker that stays up for the whole window clears its slot's record.
         """
+
+
+class HeaderTimeout(Setting):
+    name = "header_timeout"
+    section = "Worker Processes"
+    cli = ["--header-timeout"]  # noqa: RUF012  (gunicorn reads it as a plain list)
+    meta = "SECONDS"
+    validator = validate_non_negative("header_timeout", float)
+    default = 10.0
+    desc = """\
+        gilworker: close a connection whose request head is not done within this many seconds.
+
+        Protects against slowloris clients, which uvicorn alone would wait for indefinitely.
+        0 disables it. Idle keep-alive connections are closed by --keep-alive instead.
+        """

@@ -18,7 +18,10 @@ from gunicorn.arbiter import Arbiter
 from gunicorn.errors import AppImportError
 from gunicorn.workers.base import Worker
 from uvicorn.config import Config
+from uvicorn.middleware.asgi2 import ASGI2Middleware
+from uvicorn.protocols.http.auto import AutoHTTPProtocol
 
+from gunicorn_gilworker.limits import RequestLimits, guard_head, head_size_bound
 from gunicorn_gilworker.server import WorkerServer
 
 
@@ -67,7 +70,13 @@ class GilWorker(Worker):
             "app": None,  # set to the loaded app in run()
             "log_config": None,
             "loop": cfg.asgi_loop,
-            "http": "auto",
+            "http": guard_head(
+                AutoHTTPProtocol,
+                head_size_bound(
+                    cfg.limit_request_line, cfg.limit_request_fields, cfg.limit_request_field_size
+                ),
+                cfg.header_timeout,
+            ),
             "lifespan": cfg.asgi_lifespan,
             "root_path": cfg.root_path or "",
             "timeout_keep_alive": cfg.keepalive,
@@ -104,7 +113,13 @@ class GilWorker(Worker):
         self.run()
 
     def run(self) -> None:
-        self.config.app = self.wsgi
+        cfg = self.cfg
+        self.config.app = RequestLimits(
+            as_asgi3(self.wsgi),
+            cfg.limit_request_line,
+            cfg.limit_request_fields,
+            cfg.limit_request_field_size,
+        )
         # The plain sockets: uvicorn closes what it served on, and gunicorn's wrapper would log
         # the second close (the master closes its own copies itself).
         self.server.run(sockets=[getattr(s, "sock", s) for s in self.sockets])
@@ -164,7 +179,7 @@ def refuse_wsgi(app: Any) -> None:
     every request: refuse it at start-up, as an app load error (exit status 4)."""
     if inspect.isclass(app) or not callable(app):
         return  # an ASGI 2 class, or something uvicorn will reject in its own words
-    call = app if inspect.isroutine(app) else type(app).__call__
+    call = called_function(app)
     if inspect.iscoroutinefunction(call):
         return
     try:
@@ -178,3 +193,18 @@ def refuse_wsgi(app: Any) -> None:
             "apps. Use gunicorn's threaded worker for WSGI (-k gthread --threads N), or wrap "
             "the app in a WSGI-to-ASGI adapter such as a2wsgi."
         )
+
+
+def as_asgi3(app: Any) -> Any:
+    """uvicorn tells ASGI 2 from ASGI 3 by looking at the app; wrapped in RequestLimits it no
+    longer could, so an ASGI 2 app is adapted first, as uvicorn would."""
+    if inspect.isclass(app):
+        asgi3 = hasattr(app, "__await__")
+    else:
+        asgi3 = inspect.iscoroutinefunction(called_function(app))
+    return app if asgi3 else ASGI2Middleware(app)
+
+
+def called_function(app: Any) -> Any:
+    """What runs when `app` (a function or an instance) is called."""
+    return app if inspect.isroutine(app) else type(app).__call__

@@ -1,0 +1,135 @@
+"""Bad clients: malformed or oversized requests, slowloris, abrupt disconnects. Each is answered
+4xx or closed, the workers keep serving, and no file descriptor leaks."""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+
+import pytest
+from server import request, wait_for
+
+
+def exchange(port: int, data: bytes, wait: float = 5.0, close_early: bool = False) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=wait) as s:
+        s.sendall(data)
+        if close_early:
+            return b""
+        chunks = []
+        try:
+            while chunk := s.recv(65536):
+                chunks.append(chunk)
+        except (TimeoutError, ConnectionResetError):
+            pass
+        return b"".join(chunks)
+
+
+def status_of(reply: bytes) -> int | None:
+    return int(reply.split(b" ", 2)[1]) if reply.startswith(b"HTTP/1.1 ") else None
+
+
+@pytest.fixture
+def server(gunicorn, mode):
+    master = gunicorn.start(
+        "--header-timeout",
+        "1",
+        "--limit-request-field_size",
+        "1024",
+        "--limit-request-fields",
+        "20",
+        "--limit-request-line",
+        "512",
+        mode=mode,
+        workers=2,
+    )
+    return gunicorn, master
+
+
+def test_malformed_request_line_gets_400(server):
+    gunicorn, _ = server
+    assert status_of(exchange(gunicorn.port, b"GARBAGE\r\n\r\n")) == 400
+    assert request(gunicorn.port).status == 200
+
+
+def test_oversized_field_gets_431(server):
+    gunicorn, _ = server
+    big = b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 2000 + b"\r\n\r\n"
+    assert status_of(exchange(gunicorn.port, big)) == 431
+    assert request(gunicorn.port).status == 200
+
+
+def test_too_many_fields_get_431(server):
+    gunicorn, _ = server
+    many = b"GET / HTTP/1.1\r\nHost: x\r\n" + b"".join(b"X-%d: 1\r\n" % i for i in range(30))
+    assert status_of(exchange(gunicorn.port, many + b"\r\n")) == 431
+
+
+def test_long_request_line_gets_414(server):
+    gunicorn, _ = server
+    line = b"GET /" + b"a" * 1000 + b" HTTP/1.1\r\nHost: x\r\n\r\n"
+    assert status_of(exchange(gunicorn.port, line)) == 414
+
+
+def test_a_huge_head_is_cut_off_before_it_is_all_read(server):
+    gunicorn, _ = server
+    # far past the bound the limits allow (512 + 20 x 1026 bytes): answered before the end
+    with socket.create_connection(("127.0.0.1", gunicorn.port), timeout=5) as s:
+        try:
+            s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n")
+            for _ in range(200):  # 200 KB of head
+                s.sendall(b"X-Fill: " + b"a" * 1000 + b"\r\n")
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        reply = s.recv(200)
+    assert status_of(reply) in (431, None)  # 431, or closed while we were still sending
+
+
+def test_slowloris_is_closed_after_the_header_timeout(server):
+    gunicorn, _ = server
+    with socket.create_connection(("127.0.0.1", gunicorn.port), timeout=10) as s:
+        s.sendall(b"GET / HTTP/1.1\r\n")
+        started = time.monotonic()
+        for _ in range(20):  # one header line now and then, never the end of the head
+            time.sleep(0.2)
+            try:
+                s.sendall(b"X-Drip: 1\r\n")
+            except OSError:
+                break
+        assert s.recv(100) == b""  # closed, without an answer
+        assert time.monotonic() - started < 8
+    assert request(gunicorn.port).status == 200
+
+
+def test_websockets_and_keep_alive_outlive_the_header_timeout(server):
+    from websockets.sync.client import connect
+
+    gunicorn, _ = server
+    with connect(f"ws://127.0.0.1:{gunicorn.port}/ws", open_timeout=10) as ws:
+        time.sleep(1.5)  # past --header-timeout 1: an upgraded connection is no head
+        ws.send("still")
+        assert ws.recv(timeout=5).startswith("echo:still")
+
+
+def fd_count(pids: list[int]) -> int:
+    return sum(len(os.listdir(f"/proc/{pid}/fd")) for pid in pids)
+
+
+def test_a_thousand_bad_connections_leak_no_fd(server, mode):
+    gunicorn, master = server
+    pids = [master.pid] if mode == "thread" else master.children()
+    request(gunicorn.port)
+    before = fd_count(pids)
+    kinds = [
+        (b"GARBAGE\r\n\r\n", False),
+        (b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 2000 + b"\r\n\r\n", False),
+        (b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\npartial", True),
+        (b"GET / HTTP/1.1\r\nHost: x\r\n", True),  # gone mid-head
+        (b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", True),  # gone before the answer
+    ]
+    for i in range(1000):
+        data, close_early = kinds[i % len(kinds)]
+        exchange(gunicorn.port, data, close_early=close_early)
+    assert request(gunicorn.port).status == 200
+    wait_for(lambda: fd_count(pids) <= before + 2, 10, "the fd count to settle")
+    print(f"fds ({mode}): {before} before, {fd_count(pids)} after 1000 bad connections")
