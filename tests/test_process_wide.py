@@ -1,0 +1,85 @@
+"""What thread mode does once for the whole process: privileges, and re-exec (USR2)."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+
+import pytest
+from gunicorn.errors import HaltServer
+from server import GUNICORN, in_process_arbiter, request, wait_for
+
+
+def test_privileges_are_dropped_once_for_the_process_before_workers_start(mocker, tmp_path):
+    from gunicorn import util
+
+    arbiter = in_process_arbiter(tmp_path, mode="thread")
+    arbiter.cfg.set("user", "65534")
+    arbiter.cfg.set("group", "65534")
+    drop = mocker.patch.object(util, "set_owner_process")
+    started = mocker.patch("gunicorn_gilworker.arbiter.ThreadWorker.start")
+    order = mocker.Mock()
+    order.attach_mock(drop, "drop")
+    order.attach_mock(started, "start")
+    arbiter.LISTENERS = []
+    arbiter.num_workers = 3
+
+    arbiter.spawn_workers()
+
+    drop.assert_called_once_with(65534, 65534, initgroups=False)
+    assert [c[0] for c in order.mock_calls] == ["drop", "start", "start", "start"]
+
+
+def test_privileges_that_cannot_be_dropped_halt_with_a_clear_reason(mocker, tmp_path):
+    from gunicorn import util
+
+    arbiter = in_process_arbiter(tmp_path, mode="thread")
+    mocker.patch.object(
+        util, "set_owner_process", side_effect=PermissionError(1, "Operation not permitted")
+    )
+    with pytest.raises(HaltServer) as halted:
+        arbiter.choose_mode()
+    assert halted.value.reason == (
+        "thread mode cannot switch to user/group: [Errno 1] Operation not permitted"
+    )
+    assert halted.value.exit_status == 1
+
+
+def test_an_unknown_user_is_refused_in_one_line(gunicorn, tmp_path):
+    done = subprocess.run(
+        [GUNICORN, "-k", "gilworker", "--user", "no-such-user-here", "plain_app:app"],
+        env=gunicorn.env(),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert "Error: No such user: 'no-such-user-here'" in done.stderr
+
+
+def masters_in(log: str) -> list[int]:
+    return [int(pid) for pid in re.findall(r"\[(\d+)\] \[INFO\] Starting gunicorn", log)]
+
+
+def test_usr2_re_executes_a_new_master_and_the_old_one_drains(gunicorn, mode):
+    old = gunicorn.start(mode=mode, workers=2)
+    old.signal(signal.SIGUSR2)
+    wait_for(lambda: len(masters_in(old.log)) == 2, 30, "a second master")
+    new_pid = masters_in(old.log)[1]
+    assert new_pid != old.pid
+    old.wait_log(r"Application startup complete", count=4)  # the new master's workers too
+    mode_lines = re.findall(r"running workers as (threads|forked)", old.log)
+    assert mode_lines == [mode_lines[0]] * 2  # the new master chose the same mode
+
+    old.signal(signal.SIGTERM)  # drain the old master, as gunicorn documents
+    assert old.wait() == 0
+    try:
+        for _ in range(10):
+            assert request(gunicorn.port).json()["pid"] != old.pid
+        wait_for(lambda: "Master has been promoted" in old.log, 20, "the new master promoted")
+    finally:
+        with __import__("contextlib").suppress(ProcessLookupError):
+            os.kill(new_pid, signal.SIGKILL)
