@@ -166,3 +166,21 @@ def test_python_dash_m_gunicorn(gunicorn, mode):
     master = gunicorn.start(mode=mode, command=[sys.executable, "-m", "gunicorn"])
     assert request(gunicorn.port).status == 200
     assert "Using worker: gilworker" in master.log
+
+
+def test_pythonpath_and_chdir_behave_as_in_process_mode(gunicorn, mode, tmp_path):
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    (lib / "elsewhere_app.py").write_text("from plain_app import app  # noqa: F401\n")
+    env = gunicorn.env()
+    env["PYTHONPATH"] = ""  # only --pythonpath and --chdir may find the modules
+    gunicorn.start(
+        "--pythonpath",
+        str(lib),
+        "--chdir",
+        str(APPS),
+        app="elsewhere_app:app",
+        mode=mode,
+        env=env,
+    )
+    assert request(gunicorn.port).status == 200

@@ -79,6 +79,8 @@ def test_gunicornc_shows_and_kills_workers_without_signalling_a_process(gunicorn
     shown = json.loads(ctl(gunicorn, "show workers"))
     ids = [w["pid"] for w in shown["workers"]]
     assert len(ids) == 2 and {w["mode"] for w in shown["workers"]} == {mode}
+    assert [w["age"] for w in shown["workers"]] == [1, 2]
+    assert all(0 <= w["last_heartbeat"] < 60 for w in shown["workers"])  # gunicorn's heartbeat
     if mode == "thread":
         for wid in ids:
             assert wid > THREAD_ID_BASE
