@@ -83,3 +83,21 @@ def test_usr2_re_executes_a_new_master_and_the_old_one_drains(gunicorn, mode):
     finally:
         with __import__("contextlib").suppress(ProcessLookupError):
             os.kill(new_pid, signal.SIGKILL)
+
+
+def ids(pid: int, field: str) -> list[int]:
+    with open(f"/proc/{pid}/status") as status:
+        line = next(line for line in status if line.startswith(f"{field}:"))
+    return [int(v) for v in line.split()[1:]]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="switching groups needs root")
+def test_group_is_switched_for_the_whole_process_in_thread_mode(gunicorn, mode):
+    """A real switch: the group only (the interpreter under /root stays readable to root)."""
+    master = gunicorn.start("--group", "65534", mode=mode, workers=2)
+    assert request(gunicorn.port).status == 200
+    if mode == "thread":
+        assert ids(master.pid, "Gid") == [65534] * 4  # once, for every thread of the process
+    else:
+        assert ids(master.pid, "Gid") == [0] * 4  # gunicorn switches each child
+        assert all(ids(child, "Gid") == [65534] * 4 for child in master.children())
