@@ -9,13 +9,25 @@ Nothing is imported here, and nothing happens unless gunicorn is imported.
 
 import sys
 
+# Nothing may be imported at start-up: not typing, not even __future__ (annotations are quoted).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+    from importlib.machinery import ModuleSpec
+    from types import ModuleType
+
 _TRIGGER = "gunicorn.app.base"
 
 
 class _GunicornImportHook:
     """A meta-path finder that answers no import; it wraps the loader of gunicorn.app.base."""
 
-    def find_spec(self, fullname: str, path: object = None, target: object = None) -> object:
+    def find_spec(
+        self,
+        fullname: str,
+        path: "Sequence[str] | None" = None,
+        target: "ModuleType | None" = None,
+    ) -> "ModuleSpec | None":
         if fullname != _TRIGGER:
             return None
         sys.meta_path.remove(self)  # fire once; let the real finders produce the spec
@@ -31,7 +43,7 @@ class _GunicornImportHook:
         if exec_module is None:
             return spec
 
-        def exec_then_register(module: object) -> None:
+        def exec_then_register(module: "ModuleType") -> None:
             exec_module(module)
             from gunicorn_gilworker.registration import register
 

@@ -43,7 +43,7 @@ class GilArbiter(Arbiter):
     def __init__(self, app: Any) -> None:
         self.threads: dict[int, ThreadWorker] = {}  # started and not yet reaped or abandoned
         self.slots: dict[int, tuple[int, float]] = {}  # worker id -> (slot, start time)
-        self.budget: CrashBudget | None = None
+        self.budget = CrashBudget(max_restarts=0, window=0)  # its limits are set in setup()
         self.decision: Decision | None = None
         self.gil_watch: GilWatch | None = None
         self.code_reloader: Any = None
@@ -60,11 +60,9 @@ class GilArbiter(Arbiter):
         else:
             with self._recording_warnings():  # a preloaded app may turn the GIL on
                 super().setup(app)
-        max_restarts, window = self.cfg.max_restarts, self.cfg.restart_window
-        if self.budget is None:
-            self.budget = CrashBudget(max_restarts, window)
-        else:  # a reload keeps the slots' records
-            self.budget.max_restarts, self.budget.window = max_restarts, window
+        # a reload keeps the slots' records, with the new limits
+        self.budget.max_restarts = self.cfg.max_restarts
+        self.budget.window = self.cfg.restart_window
         self.decision = None  # choose again: the reloaded config may ask for another mode
 
     # -- choosing the mode --------------------------------------------------------------------

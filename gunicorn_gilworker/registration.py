@@ -24,7 +24,7 @@ def register(app_base: ModuleType) -> None:
     import gunicorn_gilworker.settings  # noqa: F401  (defining the Setting classes registers them)
 
     SUPPORTED_WORKERS.setdefault(WORKER_NAME, WORKER_PATH)
-    app_base.Arbiter = arbiter_selector(app_base.Arbiter)
+    app_base.Arbiter = arbiter_selector(app_base.Arbiter)  # type: ignore[attr-defined]
 
 
 def arbiter_selector(gunicorn_arbiter: type) -> Callable[[Any], Any]:

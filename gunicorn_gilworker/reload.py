@@ -18,12 +18,11 @@ KEEP = ("gunicorn", "uvicorn", "gunicorn_gilworker", "__main__", "__config__")
 LIBRARY_DIRS = ("site-packages", "dist-packages")
 
 
-def app_modules(app_dirs: Iterable[str], modules: dict[str, object] | None = None) -> list[str]:
+def app_modules(app_dirs: Iterable[str]) -> list[str]:
     """Names of the loaded modules whose files lie under one of `app_dirs`."""
-    modules = sys.modules if modules is None else modules
     roots = [os.path.join(os.path.realpath(d), "") for d in app_dirs]
     found = []
-    for name, module in list(modules.items()):
+    for name, module in list(sys.modules.items()):
         path = getattr(module, "__file__", None)
         if not path or name.split(".")[0] in KEEP:
             continue

@@ -63,6 +63,8 @@ failed=0
 log "ruff"
 "$GIL_VENV/bin/ruff" check . || failed=1
 "$GIL_VENV/bin/ruff" format --check . || failed=1
+log "mypy"
+"$GIL_VENV/bin/mypy" || failed=1
 run_suite "GIL build" "$GIL_VENV" "$@" || failed=1
 run_suite "free-threaded build" "$FT_VENV" "$@" || failed=1
 exit "$failed"
