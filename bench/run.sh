@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# The benchmark in one command: bash bench/run.sh  (about 6 minutes on 2 cores)
+# Needs wrk (Debian: apt-get install wrk). Reuses the venvs of scripts/test-all.sh when they
+# exist and adds the servers compared against (uvicorn-worker, granian) and matplotlib.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+command -v wrk >/dev/null || { echo "bench: wrk is needed: apt-get install wrk" >&2; exit 1; }
+VENVS="${GILWORKER_VENVS:-$PWD/.venvs}"
+if [ ! -x "$VENVS/gil/bin/python" ] || [ ! -x "$VENVS/freethreaded/bin/python" ]; then
+    echo "bench: making the venvs first (scripts/test-all.sh does it; this runs only its set-up)" >&2
+    FT="$(bash scripts/build-freethreaded-python.sh)"
+    python3 -m venv "$VENVS/gil" && "$VENVS/gil/bin/pip" install -q --prefer-binary ".[fast,test]"
+    "$FT" -m venv "$VENVS/freethreaded" && "$VENVS/freethreaded/bin/pip" install -q --prefer-binary ".[fast,test]"
+fi
+"$VENVS/freethreaded/bin/pip" install -q --prefer-binary uvicorn-worker starlette "granian==2.7.9"
+"$VENVS/gil/bin/pip" install -q --prefer-binary uvicorn-worker starlette granian matplotlib
+exec "$VENVS/gil/bin/python" bench/run.py --ft "$VENVS/freethreaded" --gil "$VENVS/gil" "$@"
