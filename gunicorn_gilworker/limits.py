@@ -13,6 +13,7 @@ both; so does this, without parsing HTTP itself:
 from __future__ import annotations
 
 import asyncio
+import sys
 from typing import Any
 
 TOO_LARGE = (
@@ -20,6 +21,9 @@ TOO_LARGE = (
     b"content-type: text/plain; charset=utf-8\r\ncontent-length: 31\r\nconnection: close\r\n\r\n"
     b"Request header fields too large"
 )
+
+
+HEAD_BYTES = "gilworker.head_bytes"  # scope key: bytes read with the request head (an upper bound)
 
 
 def head_size_bound(limit_line: int, limit_fields: int, limit_field_size: int) -> int | None:
@@ -56,21 +60,26 @@ def guard_head(protocol_class: type, max_head: int | None, header_timeout: float
                 self.transport.close()
 
         def data_received(self, data: bytes) -> None:
-            waiting = self.cycle is None or self.cycle.response_complete
+            cycle = self.cycle
+            waiting = cycle is None or cycle.response_complete
             if waiting:
-                self._await_head()  # arms the deadline for a keep-alive connection's next head
                 self._head_bytes += len(data)
                 if max_head is not None and self._head_bytes > max_head:
                     self._head_done()
                     self.transport.write(TOO_LARGE)
                     self.transport.close()
                     return
-            cycle = self.cycle
             super().data_received(data)
-            upgraded = self.transport.get_protocol() is not self  # now a WebSocket
-            if self.cycle is not cycle or upgraded:  # uvicorn parsed a complete head
-                self._head_done()
+            if not waiting:
+                return
+            if self.cycle is not cycle or self.transport.get_protocol() is not self:
+                self._head_done()  # uvicorn parsed a complete head (or upgraded to WebSocket)
+                if self.cycle is not cycle:  # the app has not run yet: tell RequestLimits
+                    self.cycle.scope[HEAD_BYTES] = self._head_bytes
                 self._head_bytes = 0
+            else:
+                self._await_head()  # only part of a head: it gets a deadline (no timer per
+                # request on the fast path, where each read brings a whole head)
 
         def connection_lost(self, exc: Exception | None) -> None:
             self._head_done()
@@ -88,21 +97,32 @@ class RequestLimits:
         self.limit_line = limit_line
         self.limit_fields = limit_fields
         self.limit_field_size = limit_field_size
+        # A head no longer than this has no line or field over its limit: only the field count
+        # needs a look (the guarded protocol records each head's size in the scope).
+        self.small_head = min(limit_line or sys.maxsize, limit_field_size or sys.maxsize)
 
-    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+    def __call__(self, scope: dict, receive: Any, send: Any) -> Any:
+        # Not a coroutine itself: it hands back the app's (or the refusal's) awaitable, so a
+        # request pays no extra coroutine frame. uvicorn is told the interface is ASGI 3.
         if scope["type"] in ("http", "websocket"):
-            status = self.violation(scope)
+            if scope.get(HEAD_BYTES, sys.maxsize) <= self.small_head:
+                status = self.too_many_fields(scope)
+            else:
+                status = self.violation(scope)
             if status:
-                await self.refuse(scope, send, status)
-                return
-        await self.app(scope, receive, send)
+                return self.refuse(scope, send, status)
+        return self.app(scope, receive, send)
+
+    def too_many_fields(self, scope: dict) -> int | None:
+        too_many = self.limit_fields and len(scope.get("headers", ())) > self.limit_fields
+        return 431 if too_many else None
 
     def violation(self, scope: dict) -> int | None:
         target = len(scope.get("raw_path") or b"") + len(scope.get("query_string") or b"") + 1
         if self.limit_line and target > self.limit_line:
             return 414
         headers = scope.get("headers", [])
-        if self.limit_fields and len(headers) > self.limit_fields:
+        if self.too_many_fields(scope):
             return 431
         if self.limit_field_size and any(
             len(name) + len(value) + 2 > self.limit_field_size for name, value in headers

@@ -78,6 +78,7 @@ class GilWorker(Worker):
                 cfg.header_timeout,
             ),
             "lifespan": cfg.asgi_lifespan,
+            "interface": "asgi3",  # run() hands uvicorn the app as ASGI 3 (see as_asgi3)
             "root_path": cfg.root_path or "",
             "timeout_keep_alive": cfg.keepalive,
             "timeout_notify": self.timeout,

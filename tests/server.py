@@ -77,16 +77,34 @@ def request(
             conn.close()
 
 
-def background_request(port: int, path: str, timeout: float) -> threading.Thread:
-    """A request left hanging in a daemon thread (a stuck handler); its outcome is ignored."""
+def background_request(port: int, path: str, timeout: float) -> tuple[threading.Thread, list]:
+    """A request made from a daemon thread; the list gets its Response, or the exception."""
+    outcome: list = []
 
     def call() -> None:
-        with contextlib.suppress(Exception):
-            request(port, path, timeout=timeout)
+        try:
+            outcome.append(request(port, path, timeout=timeout))
+        except Exception as exc:
+            outcome.append(exc)
 
     thread = threading.Thread(target=call, daemon=True)
     thread.start()
-    return thread
+    return thread, outcome
+
+
+def refusal(launcher: Launcher, *args: str, env: dict[str, str] | None = None) -> list[str]:
+    """Run `gunicorn -k gilworker ARGS plain_app:app`, which must refuse to start: exit 1 and
+    no traceback. Returns its `Error:` lines."""
+    done = subprocess.run(
+        [GUNICORN, "-k", "gilworker", *args, "plain_app:app"],
+        env=env or launcher.env(),
+        cwd=launcher.tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+    return [line for line in done.stderr.splitlines() if line.startswith("Error:")]
 
 
 class UnixHTTPConnection(http.client.HTTPConnection):

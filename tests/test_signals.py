@@ -6,32 +6,22 @@ import json
 import os
 import signal
 import subprocess
-import threading
 import time
 
 import pytest
-from server import BIN, request, wait_for
+from server import BIN, background_request, request, wait_for
 
 THREAD_ID_BASE = 10_000_000
 
 
 def test_sigterm_finishes_in_flight_requests_and_exits_zero(gunicorn, mode):
     master = gunicorn.start(mode=mode)
-    results: list[object] = []
-
-    def slow() -> None:
-        try:
-            results.append(request(gunicorn.port, "/sleep?s=1.5", timeout=20).status)
-        except Exception as exc:
-            results.append(exc)
-
-    client = threading.Thread(target=slow)
-    client.start()
+    client, results = background_request(gunicorn.port, "/sleep?s=1.5", timeout=20)
     time.sleep(0.5)  # the request is in flight (it takes 1.5 s)
     master.signal(signal.SIGTERM)
     assert master.wait() == 0
     client.join(20)
-    assert results == [200]
+    assert results[0].status == 200
 
 
 @pytest.mark.parametrize(
