@@ -9,8 +9,8 @@ VENVS="${GILWORKER_VENVS:-$PWD/.venvs}"
 if [ ! -x "$VENVS/gil/bin/python" ] || [ ! -x "$VENVS/freethreaded/bin/python" ]; then
     echo "bench: making the venvs first (scripts/test-all.sh does it; this runs only its set-up)" >&2
     FT="$(bash scripts/build-freethreaded-python.sh)"
-    python3 -m venv "$VENVS/gil" && "$VENVS/gil/bin/pip" install -q --prefer-binary ".[fast,test]"
-    "$FT" -m venv "$VENVS/freethreaded" && "$VENVS/freethreaded/bin/pip" install -q --prefer-binary ".[fast,test]"
+    python3 -m venv "$VENVS/gil" && "$VENVS/gil/bin/pip" install -q --prefer-binary ".[fast]"
+    "$FT" -m venv "$VENVS/freethreaded" && "$VENVS/freethreaded/bin/pip" install -q --prefer-binary ".[fast]"
 fi
 "$VENVS/freethreaded/bin/pip" install -q --prefer-binary uvicorn-worker starlette "granian==2.7.9"
 "$VENVS/gil/bin/pip" install -q --prefer-binary uvicorn-worker starlette granian matplotlib

@@ -56,8 +56,8 @@ run_suite() {  # run_suite NAME VENV PYTEST-ARGS...
 ensure_python_tools
 FT_PYTHON="$(bash "$ROOT/scripts/build-freethreaded-python.sh")"
 
-GIL_VENV="$(make_venv gil "$GIL_PYTHON" ".[test,fast]")"
-FT_VENV="$(make_venv freethreaded "$FT_PYTHON" -e ".[test,fast]")"
+GIL_VENV="$(make_venv gil "$GIL_PYTHON" ".[test,fast,check]")" || exit 1
+FT_VENV="$(make_venv freethreaded "$FT_PYTHON" -e ".[test,fast]")" || exit 1
 
 failed=0
 log "ruff"
