@@ -9,6 +9,7 @@
 # as a user would: `pip install .` on the GIL build, `pip install -e .` on the free-threaded one,
 # so both install paths of the start-up hook are exercised. Exits non-zero on any failure.
 set -euo pipefail
+shopt -s inherit_errexit  # a failing step inside $(...) must fail the run too
 
 cd "$(dirname "$0")/.."
 ROOT="$PWD"
