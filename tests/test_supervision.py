@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
 import signal
 import threading
 import time
 
 import pytest
-from server import background_request, refusal, request, wait_for
+from server import APPS, background_request, refusal, request, wait_for
 from test_signals import ctl
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
@@ -29,7 +30,7 @@ def crash_one_worker(gunicorn) -> None:
 
 
 def test_a_crashed_worker_is_reaped_and_replaced_others_undisturbed(gunicorn, mode):
-    gunicorn.start("-c", str(gunicorn_hooks()), mode=mode, workers=2)
+    gunicorn.start("-c", str(APPS / "hooks_conf.py"), mode=mode, workers=2)
     before = worker_ids(gunicorn)
     crash_one_worker(gunicorn)
     wait_for(lambda: gunicorn.hook_counts().get("child_exit") == 1, 10, "the crashed one reaped")
@@ -38,12 +39,6 @@ def test_a_crashed_worker_is_reaped_and_replaced_others_undisturbed(gunicorn, mo
     assert len(after) == 2 and len(set(after) & set(before)) == 1  # the other one still serves
     assert stats(gunicorn)["worker_crashes"] == 1
     assert all(request(gunicorn.port).status == 200 for _ in range(10))
-
-
-def gunicorn_hooks():
-    from server import APPS
-
-    return APPS / "hooks_conf.py"
 
 
 def test_a_crash_loop_backs_off_instead_of_spinning(gunicorn, mode):
@@ -160,12 +155,11 @@ async def app(scope, receive, send):
 def write_app(path, version: int) -> None:
     path.write_text(APP_V1.replace("VERSION", str(version)))
     later = time.time() + version  # a newer mtime than any earlier write, for the reloader
-    import os
-
     os.utime(path, (later, later))
 
 
-def test_hup_under_load_serves_new_code_and_fails_no_request(gunicorn, mode, tmp_path):
+def start_versioned(gunicorn, mode: str, tmp_path, *args: str, workers: int):
+    """A master serving app_dir/versioned.py (version 1), a file the test rewrites."""
     code = tmp_path / "app_dir"
     code.mkdir()
     write_app(code / "versioned.py", 1)
@@ -174,16 +168,22 @@ def test_hup_under_load_serves_new_code_and_fails_no_request(gunicorn, mode, tmp
         str(code),
         "--asgi-lifespan",
         "off",
+        *args,
         mode=mode,
-        workers=2,
+        workers=workers,
         app="versioned:app",
         ready=r"Booting worker",
     )
     wait_for(lambda: _serves(gunicorn), 20, "serving")
+    return master, code / "versioned.py"
+
+
+def test_hup_under_load_serves_new_code_and_fails_no_request(gunicorn, mode, tmp_path):
+    master, source = start_versioned(gunicorn, mode, tmp_path, workers=2)
     load = Load(gunicorn.port)
     try:
         wait_for(lambda: load.sent > 50, 20, "load running")
-        write_app(code / "versioned.py", 2)
+        write_app(source, 2)
         master.signal(signal.SIGHUP)
         wait_for(lambda: load.bodies and load.bodies[-1]["version"] == 2, 30, "new code served")
         time.sleep(1)
@@ -195,23 +195,9 @@ def test_hup_under_load_serves_new_code_and_fails_no_request(gunicorn, mode, tmp
 
 
 def test_reload_on_file_change_serves_new_code(gunicorn, mode, tmp_path):
-    code = tmp_path / "app_dir"
-    code.mkdir()
-    write_app(code / "versioned.py", 1)
-    gunicorn.start(
-        "--chdir",
-        str(code),
-        "--reload",
-        "--asgi-lifespan",
-        "off",
-        mode=mode,
-        workers=1,
-        app="versioned:app",
-        ready=r"Booting worker",
-    )
-    wait_for(lambda: _serves(gunicorn), 20, "serving")
+    _, source = start_versioned(gunicorn, mode, tmp_path, "--reload", workers=1)
     assert request(gunicorn.port).json() == {"version": 1}
-    write_app(code / "versioned.py", 2)
+    write_app(source, 2)
 
     def new_code() -> bool:
         try:
