@@ -26,10 +26,11 @@ ensure_python_tools() {
         apt-get update -qq >&2 || true
         DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv python3-pip >&2
     fi
-    command -v gcc >/dev/null || {
+    # gcc compiles the test's GIL-enabling extension; openssl makes its TLS certificate
+    if ! command -v gcc >/dev/null || ! command -v openssl >/dev/null; then
         apt-get update -qq >&2 || true
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq build-essential >&2
-    }
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq build-essential openssl >&2
+    fi
 }
 
 make_venv() {  # make_venv NAME PYTHON PIP-INSTALL-ARGS...

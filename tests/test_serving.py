@@ -184,3 +184,41 @@ def test_pythonpath_and_chdir_behave_as_in_process_mode(gunicorn, mode, tmp_path
         env=env,
     )
     assert request(gunicorn.port).status == 200
+
+
+def test_tls_with_gunicorns_ssl_settings(gunicorn, mode, tmp_path):
+    import ssl
+    import subprocess
+
+    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+            "-days",
+            "1",
+            "-subj",
+            "/CN=127.0.0.1",
+        ],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    gunicorn.start("--keyfile", str(key), "--certfile", str(cert), mode=mode)
+    context = ssl.create_default_context(cafile=str(cert))
+    context.check_hostname = False
+    conn = http.client.HTTPSConnection("127.0.0.1", gunicorn.port, timeout=10, context=context)
+    try:
+        response = request(conn=conn)
+        assert response.status == 200
+        assert conn.sock.version() is not None  # the answer came over TLS
+    finally:
+        conn.close()
