@@ -194,8 +194,9 @@ class GilArbiter(Arbiter):
 
     def _wake_in(self, delay: float) -> None:
         """Wake the master loop when a backed-off slot may start again."""
-        wake_at = time.monotonic() + delay
-        if self._wake_at > time.monotonic() and self._wake_at <= wake_at:
+        now = time.monotonic()
+        wake_at = now + delay
+        if now < self._wake_at <= wake_at:
             return  # an earlier wake-up is already pending
         self._wake_at = wake_at
         timer = threading.Timer(delay, self.wakeup)
@@ -265,9 +266,7 @@ class GilArbiter(Arbiter):
             self.log.error("Worker (thread id:%s) exited with code %s.", wid, status)
         if status in HALT_REASONS and not self.halting:  # one halt, however many fail
             raise HaltServer(HALT_REASONS[status], status)
-        handle.worker.tmp.close()
-        self.cfg.child_exit(self, handle.worker)
-        self._worker_ended(wid, crashed=bool(status))
+        self._thread_gone(wid, handle, crashed=bool(status))
 
     def _abandon_thread(self, wid: int, handle: ThreadWorker) -> None:
         """A thread that outlived its abort by graceful_timeout: it cannot be killed, so it is
@@ -282,9 +281,13 @@ class GilArbiter(Arbiter):
             self._stats["threads_abandoned"],
             extra={"metric": "gilworker.threads_abandoned", "value": 1, "mtype": "counter"},
         )
+        self._thread_gone(wid, handle, crashed=True)
+
+    def _thread_gone(self, wid: int, handle: ThreadWorker, crashed: bool) -> None:
+        """What gunicorn does for a reaped worker process: its tmp file, `child_exit`."""
         handle.worker.tmp.close()
         self.cfg.child_exit(self, handle.worker)
-        self._worker_ended(wid, crashed=True)
+        self._worker_ended(wid, crashed)
 
     def _worker_ended(self, wid: int, crashed: bool) -> None:
         slot, started = self.slots.pop(wid, (None, 0.0))
