@@ -4,16 +4,19 @@ uvicorn (with httptools) reads request heads of any size and waits for a head fo
 slowloris client holds a connection open by sending a header line now and then. gunicorn bounds
 both; so does this, without parsing HTTP itself:
 - `guard_head(protocol_class, ...)`: the parser stays uvicorn's; the subclass only counts the bytes
-  that arrive before a request head is complete (answering 431 past the bound) and closes a
-  connection whose head is not complete within `header_timeout`.
-- `RequestLimits`: an ASGI middleware that checks the parsed head against `limit_request_line`
-  (414), `limit_request_fields` and `limit_request_field_size` (431) before the app sees it.
+  and lines that arrive before a request head is complete (answering 431 past the byte bound) and
+  closes a connection whose head is not complete within `header_timeout`.
+- `RequestLimits`: an ASGI app in front of uvicorn's that checks the parsed head against
+  `limit_request_line` (414), `limit_request_fields` and `limit_request_field_size` (431). The
+  guarded protocol hands a request to it only when the head's size or line count could break a
+  limit, so the common request pays nothing for the check.
 """
 
 from __future__ import annotations
 
 import asyncio
 import sys
+from dataclasses import dataclass
 from typing import Any
 
 TOO_LARGE = (
@@ -23,63 +26,145 @@ TOO_LARGE = (
 )
 
 
-HEAD_BYTES = "gilworker.head_bytes"  # scope key: bytes read with the request head (an upper bound)
+@dataclass(frozen=True)
+class HeadLimits:
+    """gunicorn's three request-head limits (0 means unlimited)."""
 
+    line: int
+    fields: int
+    field_size: int
 
-def head_size_bound(limit_line: int, limit_fields: int, limit_field_size: int) -> int | None:
-    """The most bytes a request head may take under gunicorn's limits (0 means unlimited)."""
-    if not (limit_line and limit_fields and limit_field_size):
+    def max_bytes(self) -> int | None:
+        """The most bytes a head may take and still pass (None: no bound)."""
+        if not (self.line and self.fields and self.field_size):
+            return None
+        return self.line + 2 + self.fields * (self.field_size + 2) + 2
+
+    def safe_bytes(self) -> int:
+        """A head no longer than this has no line or field over its limit."""
+        return min(self.line or sys.maxsize, self.field_size or sys.maxsize)
+
+    def safe_lines(self) -> int:
+        """A head of no more lines than this has no more fields than allowed."""
+        return self.fields + 2 if self.fields else sys.maxsize  # + request line, blank line
+
+    def violation(self, scope: dict) -> int | None:
+        """414 or 431 if the parsed head breaks a limit, else None."""
+        target = len(scope.get("raw_path") or b"") + len(scope.get("query_string") or b"") + 1
+        if self.line and target > self.line:
+            return 414
+        headers = scope.get("headers", ())
+        if self.fields and len(headers) > self.fields:
+            return 431
+        if self.field_size and any(
+            len(name) + len(value) + 2 > self.field_size for name, value in headers
+        ):
+            return 431
         return None
-    return limit_line + 2 + limit_fields * (limit_field_size + 2) + 2
 
 
-def guard_head(protocol_class: type, max_head: int | None, header_timeout: float) -> type:
+class PartialHead:
+    """What has arrived of a request head that is not complete yet."""
+
+    __slots__ = ("bytes", "lines", "timer")
+
+    def __init__(self) -> None:
+        self.bytes = 0
+        self.lines = 0
+        self.timer: asyncio.TimerHandle | None = None
+
+
+def guard_head(protocol_class: type[Any], limits: HeadLimits, header_timeout: float) -> type:
+    """`protocol_class` with the head bound, the head deadline and the limit checks.
+
+    The common read, a whole head within the limits, costs a few comparisons: the state of a head
+    spread over several reads lives in `partial` (one dict per worker), not on the protocol, since
+    a new attribute on uvicorn's protocol slows every attribute access uvicorn makes on it."""
+    max_bytes = limits.max_bytes()
+    safe_bytes, safe_lines = limits.safe_bytes(), limits.safe_lines()
+    # A field takes at least 3 bytes ("x:\n"): fewer bytes than this cannot hold too many fields,
+    # so most heads are passed on without counting their lines.
+    few_fields_bytes = min(safe_bytes, 3 * (safe_lines - 1))
+    feed = protocol_class.data_received  # called directly: no super() lookup per read
+    partial: dict[Any, PartialHead] = {}  # connections waiting for the rest of a head
+
     class GuardedHead(protocol_class):  # type: ignore[misc, valid-type]
-        _head_bytes = 0
-        _head_timer: asyncio.TimerHandle | None = None
+        app: Any  # uvicorn's protocol sets it to the app it serves
+        checked_app: Any = None  # RequestLimits around uvicorn's app; set once it is loaded
 
         def connection_made(self, transport: Any) -> None:
             super().connection_made(transport)
-            self._await_head()
+            if header_timeout:  # the first head gets a deadline too
+                self._wait_for_rest(PartialHead())
 
-        def _await_head(self) -> None:
-            if header_timeout and self._head_timer is None:
-                self._head_timer = self.loop.call_later(header_timeout, self._head_too_slow)
+        def data_received(self, data: bytes) -> None:
+            cycle = self.cycle
+            if cycle is not None and not cycle.response_complete:
+                # A body, or a pipelined head that uvicorn queues: not counted, always checked.
+                self._feed_checked(data)
+            elif partial and self in partial:
+                self._feed_head(data, cycle)  # the rest of a head
+            elif len(data) > few_fields_bytes and (
+                len(data) > safe_bytes or data.count(b"\n") > safe_lines
+            ):
+                self._feed_head(data, cycle)  # a large head: counted, bounded, checked
+            else:
+                feed(self, data)  # a whole head that breaks no limit, in the common case
+                if self.cycle is cycle:  # only part of one
+                    self._head_incomplete(data, PartialHead())
+
+        def _feed_head(self, data: bytes, cycle: Any) -> None:
+            head = partial.get(self) or PartialHead()
+            head.bytes += len(data)
+            head.lines += data.count(b"\n")
+            if max_bytes is not None and head.bytes > max_bytes:
+                self._head_done()
+                self.transport.write(TOO_LARGE)
+                self.transport.close()
+                return
+            if head.bytes > safe_bytes or head.lines > safe_lines:
+                self._feed_checked(data)
+            else:
+                feed(self, data)
+            if self.cycle is not cycle:
+                self._head_done()  # uvicorn parsed a complete head
+            else:
+                self._head_incomplete(b"", head)
+
+        def _head_incomplete(self, data: bytes, head: PartialHead) -> None:
+            if self.transport.get_protocol() is not self or self.transport.is_closing():
+                self._head_done()  # upgraded to WebSocket, or refused by uvicorn
+                return
+            head.bytes += len(data)
+            head.lines += data.count(b"\n")
+            self._wait_for_rest(head)
+
+        def _feed_checked(self, data: bytes) -> None:
+            # Any request whose head completes in this read goes through RequestLimits:
+            # uvicorn takes `self.app` when a head is complete.
+            app, self.app = self.app, self.checked_app
+            try:
+                feed(self, data)
+            finally:
+                self.app = app
+
+        def _wait_for_rest(self, head: PartialHead) -> None:
+            partial[self] = head
+            if header_timeout and head.timer is None:
+                head.timer = self.loop.call_later(header_timeout, self._head_too_slow)
 
         def _head_done(self) -> None:
-            if self._head_timer is not None:
-                self._head_timer.cancel()
-                self._head_timer = None
+            head = partial.pop(self, None)
+            if head is not None and head.timer is not None:
+                head.timer.cancel()
 
         def _head_too_slow(self) -> None:
-            self._head_timer = None
+            partial.pop(self, None)
             if self.transport is not None and not self.transport.is_closing():
                 self.logger.warning(
                     "Closing a connection whose request head took over %ss", header_timeout
                 )
                 self.transport.close()
-
-        def data_received(self, data: bytes) -> None:
-            cycle = self.cycle
-            waiting = cycle is None or cycle.response_complete
-            if waiting:
-                self._head_bytes += len(data)
-                if max_head is not None and self._head_bytes > max_head:
-                    self._head_done()
-                    self.transport.write(TOO_LARGE)
-                    self.transport.close()
-                    return
-            super().data_received(data)
-            if not waiting:
-                return
-            if self.cycle is not cycle or self.transport.get_protocol() is not self:
-                self._head_done()  # uvicorn parsed a complete head (or upgraded to WebSocket)
-                if self.cycle is not cycle:  # the app has not run yet: tell RequestLimits
-                    self.cycle.scope[HEAD_BYTES] = self._head_bytes
-                self._head_bytes = 0
-            else:
-                self._await_head()  # only part of a head: it gets a deadline (no timer per
-                # request on the fast path, where each read brings a whole head)
 
         def connection_lost(self, exc: Exception | None) -> None:
             self._head_done()
@@ -92,43 +177,17 @@ def guard_head(protocol_class: type, max_head: int | None, header_timeout: float
 class RequestLimits:
     """gunicorn's per-field request limits, checked on the parsed ASGI scope."""
 
-    def __init__(self, app: Any, limit_line: int, limit_fields: int, limit_field_size: int):
+    def __init__(self, app: Any, limits: HeadLimits):
         self.app = app
-        self.limit_line = limit_line
-        self.limit_fields = limit_fields
-        self.limit_field_size = limit_field_size
-        # A head no longer than this has no line or field over its limit: only the field count
-        # needs a look (the guarded protocol records each head's size in the scope).
-        self.small_head = min(limit_line or sys.maxsize, limit_field_size or sys.maxsize)
+        self.limits = limits
 
     def __call__(self, scope: dict, receive: Any, send: Any) -> Any:
-        # Not a coroutine itself: it hands back the app's (or the refusal's) awaitable, so a
-        # request pays no extra coroutine frame. uvicorn is told the interface is ASGI 3.
+        # Not a coroutine itself: it hands back the app's (or the refusal's) awaitable.
         if scope["type"] in ("http", "websocket"):
-            if scope.get(HEAD_BYTES, sys.maxsize) <= self.small_head:
-                status = self.too_many_fields(scope)
-            else:
-                status = self.violation(scope)
+            status = self.limits.violation(scope)
             if status:
                 return self.refuse(scope, send, status)
         return self.app(scope, receive, send)
-
-    def too_many_fields(self, scope: dict) -> int | None:
-        too_many = self.limit_fields and len(scope.get("headers", ())) > self.limit_fields
-        return 431 if too_many else None
-
-    def violation(self, scope: dict) -> int | None:
-        target = len(scope.get("raw_path") or b"") + len(scope.get("query_string") or b"") + 1
-        if self.limit_line and target > self.limit_line:
-            return 414
-        headers = scope.get("headers", [])
-        if self.too_many_fields(scope):
-            return 431
-        if self.limit_field_size and any(
-            len(name) + len(value) + 2 > self.limit_field_size for name, value in headers
-        ):
-            return 431
-        return None
 
     @staticmethod
     async def refuse(scope: dict, send: Any, status: int) -> None:
@@ -147,3 +206,18 @@ class RequestLimits:
             }
         )
         await send({"type": "http.response.body", "body": body})
+
+
+def limit_websocket(protocol_class: Any, limits: HeadLimits) -> type:
+    """`protocol_class` checking each handshake's head against the limits (once per connection;
+    its head size is bounded by the HTTP protocol that hands the connection over)."""
+
+    class LimitedWebSocket(protocol_class):  # type: ignore[misc, valid-type]
+        app: Any  # uvicorn's protocol sets it to the app it serves
+
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self.app = RequestLimits(self.app, limits)
+
+    LimitedWebSocket.__name__ = LimitedWebSocket.__qualname__ = f"Limited{protocol_class.__name__}"
+    return LimitedWebSocket

@@ -18,10 +18,10 @@ from gunicorn.arbiter import Arbiter
 from gunicorn.errors import AppImportError
 from gunicorn.workers.base import Worker
 from uvicorn.config import Config
-from uvicorn.middleware.asgi2 import ASGI2Middleware
 from uvicorn.protocols.http.auto import AutoHTTPProtocol
+from uvicorn.protocols.websockets.auto import AutoWebSocketsProtocol
 
-from gunicorn_gilworker.limits import RequestLimits, guard_head, head_size_bound
+from gunicorn_gilworker.limits import HeadLimits, RequestLimits, guard_head, limit_websocket
 from gunicorn_gilworker.server import WorkerServer
 
 
@@ -63,6 +63,13 @@ class GilWorker(Worker):
             logger.setLevel(gunicorn_logger.level)
             logger.propagate = False
 
+    @property
+    def head_limits(self) -> HeadLimits:
+        cfg = self.cfg
+        return HeadLimits(
+            cfg.limit_request_line, cfg.limit_request_fields, cfg.limit_request_field_size
+        )
+
     def uvicorn_settings(self) -> dict[str, Any]:
         """gunicorn settings -> uvicorn Config arguments, as uvicorn-worker maps them."""
         cfg = self.cfg
@@ -70,15 +77,8 @@ class GilWorker(Worker):
             "app": None,  # set to the loaded app in run()
             "log_config": None,
             "loop": cfg.asgi_loop,
-            "http": guard_head(
-                AutoHTTPProtocol,
-                head_size_bound(
-                    cfg.limit_request_line, cfg.limit_request_fields, cfg.limit_request_field_size
-                ),
-                cfg.header_timeout,
-            ),
+            "http": guard_head(AutoHTTPProtocol, self.head_limits, cfg.header_timeout),
             "lifespan": cfg.asgi_lifespan,
-            "interface": "asgi3",  # run() hands uvicorn the app as ASGI 3 (see as_asgi3)
             "root_path": cfg.root_path or "",
             "timeout_keep_alive": cfg.keepalive,
             "timeout_notify": self.timeout,
@@ -87,6 +87,8 @@ class GilWorker(Worker):
             "forwarded_allow_ips": cfg.forwarded_allow_ips,
             "backlog": cfg.backlog,
         }
+        if AutoWebSocketsProtocol is not None:  # else uvicorn serves no WebSockets ("auto")
+            settings["ws"] = limit_websocket(AutoWebSocketsProtocol, self.head_limits)
         if cfg.is_ssl:
             ssl = cfg.ssl_options
             settings.update(
@@ -114,13 +116,10 @@ class GilWorker(Worker):
         self.run()
 
     def run(self) -> None:
-        cfg = self.cfg
-        self.config.app = RequestLimits(
-            as_asgi3(self.wsgi),
-            cfg.limit_request_line,
-            cfg.limit_request_fields,
-            cfg.limit_request_field_size,
-        )
+        self.config.app = self.wsgi
+        self.config.load()  # uvicorn's own wrapping (ASGI 2, proxy headers); RequestLimits on top
+        protocol: Any = self.config.http_protocol_class  # guard_head's class
+        protocol.checked_app = RequestLimits(self.config.loaded_app, self.head_limits)
         # The plain sockets: uvicorn closes what it served on, and gunicorn's wrapper would log
         # the second close (the master closes its own copies itself).
         self.server.run(sockets=[getattr(s, "sock", s) for s in self.sockets])
@@ -194,16 +193,6 @@ def refuse_wsgi(app: Any) -> None:
             "apps. Use gunicorn's threaded worker for WSGI (-k gthread --threads N), or wrap "
             "the app in a WSGI-to-ASGI adapter such as a2wsgi."
         )
-
-
-def as_asgi3(app: Any) -> Any:
-    """uvicorn tells ASGI 2 from ASGI 3 by looking at the app; wrapped in RequestLimits it no
-    longer could, so an ASGI 2 app is adapted first, as uvicorn would."""
-    if inspect.isclass(app):
-        asgi3 = hasattr(app, "__await__")
-    else:
-        asgi3 = inspect.iscoroutinefunction(called_function(app))
-    return app if asgi3 else ASGI2Middleware(app)
 
 
 def called_function(app: Any) -> Any:

@@ -71,6 +71,42 @@ def test_long_request_line_gets_414(server):
     assert status_of(exchange(gunicorn.port, line)) == 414
 
 
+def test_limits_hold_for_pipelined_and_split_heads(server):
+    gunicorn, _ = server
+    ok = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"
+    long_line = b"GET /" + b"a" * 1000 + b" HTTP/1.1\r\nHost: x\r\n\r\n"
+    slow = b"GET /sleep?s=0.3 HTTP/1.1\r\nHost: x\r\n\r\n"
+    for first, pause in ((ok, 0), (slow, 0.1)):  # in one read; while the first is in progress
+        with socket.create_connection(("127.0.0.1", gunicorn.port), timeout=5) as s:
+            s.sendall(first)
+            time.sleep(pause)
+            s.sendall(long_line)
+            reply = b"".join(iter(lambda: s.recv(65536), b""))
+        statuses = [status_of(b"HTTP/1.1 " + part) for part in reply.split(b"HTTP/1.1 ")[1:]]
+        assert statuses == [200, 414]
+    # 30 fields in small pieces: no single read looks large, the head as a whole is
+    with socket.create_connection(("127.0.0.1", gunicorn.port), timeout=5) as s:
+        s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n")
+        for i in range(30):
+            s.sendall(b"X-%d: 1\r\n" % i)
+            time.sleep(0.002)
+        s.sendall(b"\r\n")
+        assert status_of(s.recv(65536)) == 431
+
+
+def test_websocket_handshake_breaking_a_limit_is_refused(server):
+    from websockets.exceptions import InvalidStatus
+    from websockets.sync.client import connect
+
+    gunicorn, _ = server
+    url = f"ws://127.0.0.1:{gunicorn.port}/ws"
+    with pytest.raises(InvalidStatus, match="403"):
+        connect(url, open_timeout=10, additional_headers={f"X-{i}": "1" for i in range(30)})
+    with connect(url, open_timeout=10) as ws:  # within the limits: served
+        ws.send("fine")
+        assert ws.recv(timeout=5).startswith("echo:fine")
+
+
 def test_a_huge_head_is_cut_off_before_it_is_all_read(server):
     gunicorn, _ = server
     # far past the bound the limits allow (512 + 20 x 1026 bytes): answered before the end

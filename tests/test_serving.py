@@ -25,6 +25,12 @@ def test_keep_alive_reuses_one_connection(gunicorn, mode):
     assert len({a.json()["thread"] for a in answers}) == 1
 
 
+def test_asgi2_app_is_served(gunicorn, mode):
+    gunicorn.start(app="asgi2_app:app", mode=mode)
+    resp = request(gunicorn.port, "/two")
+    assert (resp.status, resp.body) == (200, b"asgi2 /two")
+
+
 def test_streaming_response_arrives_in_chunks(gunicorn, mode):
     gunicorn.start(mode=mode)
     resp = request(gunicorn.port, "/stream?n=20&delay=0.005")
