@@ -20,12 +20,17 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+
+import contention
 
 HERE = Path(__file__).parent
+REALISTIC = "realistic_app:app"  # FastAPI, 12 resources x 5 routes: memory and cold start
 RESULTS = HERE / "results"
 TICK = os.sysconf("SC_CLK_TCK")
 
@@ -80,6 +85,8 @@ class Setup:
     python: Path  # the venv's bin directory
     kind: str  # gilworker-thread, gilworker-process, uvicorn-worker, asgi, uvicorn, granian
     workers: int = 2
+    app: str = "app:app"  # the Starlette bench app; REALISTIC for memory and cold start
+    log_level: str = "warning"  # "info" shows when each worker serves (cold start)
 
     def argv(self, port: int) -> list[str]:
         bind = f"127.0.0.1:{port}"
@@ -93,16 +100,16 @@ class Setup:
             str(HERE),
             "--no-control-socket",
             "--log-level",
-            "warning",
+            self.log_level,
         ]
         gunicorn = [str(self.python / "gunicorn")]
         if self.kind.startswith("gilworker"):
             mode = self.kind.split("-")[1]
-            return [*gunicorn, "-k", "gilworker", "--gil-mode", mode, *common, "app:app"]
+            return [*gunicorn, "-k", "gilworker", "--gil-mode", mode, *common, self.app]
         if self.kind == "uvicorn-worker":
-            return [*gunicorn, "-k", "uvicorn_worker.UvicornWorker", *common, "app:app"]
+            return [*gunicorn, "-k", "uvicorn_worker.UvicornWorker", *common, self.app]
         if self.kind == "asgi":
-            return [*gunicorn, "-k", "asgi", *common, "app:app"]
+            return [*gunicorn, "-k", "asgi", *common, self.app]
         if self.kind == "uvicorn":
             return [
                 str(self.python / "uvicorn"),
@@ -117,7 +124,7 @@ class Setup:
                 "--log-level",
                 "warning",
                 "--no-access-log",
-                "app:app",
+                self.app,
             ]
         if self.kind == "granian":
             return [
@@ -134,9 +141,12 @@ class Setup:
                 "warning",
                 "--working-dir",
                 str(HERE),
-                "app:app",
+                self.app,
             ]
         raise ValueError(self.kind)
+
+
+SERVING = "Application startup complete"  # uvicorn logs it (INFO) once per worker that serves
 
 
 @dataclass
@@ -144,31 +154,43 @@ class Server:
     setup: Setup
     port: int = 0
     proc: subprocess.Popen | None = None
-    start_seconds: float = 0.0
+    log: Any = None
+    first_200_seconds: float = 0.0  # from exec to the first 200
+    all_serving_seconds: float = 0.0  # from exec to every worker serving (needs log_level info)
 
-    def start(self) -> Server:
+    def start(self, all_serving: bool = False) -> Server:
         self.port = free_port()
+        self.log = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115 (closed by stop())
         t0 = time.perf_counter()
         self.proc = subprocess.Popen(
             self.setup.argv(self.port),
             stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+            stderr=self.log,
             start_new_session=True,
         )
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{self.port}/", timeout=1).read()
-                self.start_seconds = time.perf_counter() - t0
+            if not self.first_200_seconds:
+                try:
+                    urllib.request.urlopen(f"http://127.0.0.1:{self.port}/", timeout=1).read()
+                    self.first_200_seconds = time.perf_counter() - t0
+                except OSError:
+                    pass
+            if all_serving and not self.all_serving_seconds:
+                self.log.seek(0)
+                if self.log.read().count(SERVING) >= self.setup.workers:
+                    self.all_serving_seconds = time.perf_counter() - t0
+            if self.first_200_seconds and (self.all_serving_seconds or not all_serving):
                 return self
-            except OSError:
-                time.sleep(0.01)
+            time.sleep(0.005)
         raise RuntimeError(f"{self.setup.name} did not start")
 
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait()
+        if self.log:
+            self.log.close()
 
 
 @dataclass
@@ -241,25 +263,43 @@ def compare(
             server.stop()
 
 
-def measure_memory(setup: Setup) -> float:
+def measure_memory(setup: Setup, path: str) -> float:
+    """PSS of the whole server (master and children) after a second of load on `path`."""
     server = Server(setup).start()
     try:
-        load(server, "/", 1, 16)
+        load(server, path, 1, 32)
         time.sleep(0.5)
         return pss_mb(server.proc.pid)
     finally:
         server.stop()
 
 
-def measure_cold_start(setup: Setup, times: int) -> float:
-    """Seconds from exec to the first 200 with every worker up (8 workers: ask until each
-    responding worker has been seen is not possible from outside, so: the first 200)."""
-    values = []
+def measure_cold_start(setup: Setup, times: int) -> dict[str, float]:
+    """Median seconds from exec to the first 200, and to every worker serving."""
+    first, every = [], []
     for _ in range(times):
-        server = Server(setup).start()
-        values.append(server.start_seconds)
+        server = Server(setup).start(all_serving=True)
+        first.append(server.first_200_seconds)
+        every.append(server.all_serving_seconds)
         server.stop()
-    return statistics.median(values)
+    return {"first_200": statistics.median(first), "all_serving": statistics.median(every)}
+
+
+def profile(setup: Setup, path: str, seconds: float) -> dict[str, object]:
+    """perf samples of the server under wrk load, sorted by contention.classify."""
+    server = Server(setup).start()
+    try:
+        load(server, path, 1, 64)  # warm-up
+        url = f"http://127.0.0.1:{server.port}{path}"
+        wrk = subprocess.Popen(
+            ["wrk", "-t1", "-c64", f"-d{seconds + 2}s", url], stdout=subprocess.DEVNULL
+        )
+        time.sleep(1)
+        data = contention.record(family(server.proc.pid), seconds)
+        wrk.wait(timeout=seconds + 60)
+        return contention.classify(data)
+    finally:
+        server.stop()
 
 
 def main() -> None:
@@ -267,7 +307,13 @@ def main() -> None:
     parser.add_argument("--ft", type=Path, required=True, help="free-threaded venv")
     parser.add_argument("--gil", type=Path, required=True, help="GIL-build venv")
     parser.add_argument("--seconds", type=float, default=3)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument(
+        "--no-profile",
+        dest="profile",
+        action="store_false",
+        help="skip the perf profile of thread vs process (needs perf: apt-get install linux-perf)",
+    )
     args = parser.parse_args()
     if not shutil.which("wrk"):
         sys.exit("bench: wrk is needed: apt-get install wrk")
@@ -285,6 +331,7 @@ def main() -> None:
         Setup("uvicorn-worker (3.11)", gil, "uvicorn-worker"),
         Setup("gunicorn -k asgi (3.11)", gil, "asgi"),
         Setup("uvicorn --workers (3.11)", gil, "uvicorn"),
+        Setup("uvicorn --workers (3.13t)", ft, "uvicorn"),
         Setup("granian (3.13t)", ft, "granian"),
         Setup("granian (3.11)", gil, "granian"),
     ]
@@ -318,16 +365,31 @@ def main() -> None:
         n,
         s,
     )
-    print("memory and cold start", flush=True)
+    print("memory and cold start (FastAPI app of realistic size)", flush=True)
     report["memory"] = {
-        f"{kind} x{w}": measure_memory(Setup(kind, ft, f"gilworker-{kind}", w))
+        f"{kind} x{w}": measure_memory(
+            Setup(kind, ft, f"gilworker-{kind}", w, app=REALISTIC), "/users?limit=5"
+        )
         for kind in ("thread", "process")
         for w in (1, 2, 8, 16)
     }
+    report["memory_small_app"] = {
+        f"{kind} x{w}": measure_memory(Setup(kind, ft, f"gilworker-{kind}", w), "/")
+        for kind in ("thread", "process")
+        for w in (8, 16)
+    }
     report["cold_start"] = {
-        kind: measure_cold_start(Setup(kind, ft, f"gilworker-{kind}", 8), 3)
+        kind: measure_cold_start(
+            Setup(kind, ft, f"gilworker-{kind}", 8, app=REALISTIC, log_level="info"), 3
+        )
         for kind in ("thread", "process")
     }
+    if args.profile and contention.available():
+        print("where thread mode spends more than process mode (perf)", flush=True)
+        report["contention"] = {
+            kind: profile(Setup(kind, ft, f"gilworker-{kind}"), "/", 4)
+            for kind in ("thread", "process")
+        }
     report["respawn_ms"] = respawn_ms(ft)
     report["elapsed_s"] = time.monotonic() - started
     write(report)
@@ -410,19 +472,52 @@ def write(report: dict) -> None:
             f"| / with {w} worker(s) | {t.median('rps'):.0f} | {p.median('rps'):.0f} | "
             f"{ratio(t.median('cpu_per_req_us'), p.median('cpu_per_req_us'))} |"
         )
-    mem = report["memory"]
+    mem, small = report["memory"], report["memory_small_app"]
     lines += [
         "",
-        "| PSS MB (3.13t, bench app) | 1 | 2 | 8 | 16 |",
+        "| PSS MB, whole server (3.13t) | 1 | 2 | 8 | 16 |",
         "| --- | --- | --- | --- | --- |",
     ]
     for kind in ("thread", "process"):
         lines.append(
-            f"| {kind} | " + " | ".join(f"{mem[f'{kind} x{w}']:.1f}" for w in (1, 2, 8, 16)) + " |"
+            f"| {kind}, FastAPI app (60 routes) | "
+            + " | ".join(f"{mem[f'{kind} x{w}']:.1f}" for w in (1, 2, 8, 16))
+            + " |"
         )
+    for kind in ("thread", "process"):
+        lines.append(
+            f"| {kind}, 5-route Starlette app | | | "
+            + " | ".join(f"{small[f'{kind} x{w}']:.1f}" for w in (8, 16))
+            + " |"
+        )
+    cold = report["cold_start"]
+    lines += [
+        "",
+        "| cold start, 8 workers, FastAPI app (3.13t) | thread s | process s | thread/process |",
+        "| --- | --- | --- | --- |",
+    ]
+    for key, label in (("first_200", "to first 200"), ("all_serving", "to all 8 serving")):
+        t8, p8 = cold["thread"][key], cold["process"][key]
+        lines.append(f"| {label} | {t8:.2f} | {p8:.2f} | {ratio(t8, p8)} |")
+    if "contention" in report:
+        lines += [
+            "",
+            "| perf, hello, 2 workers (3.13t): share of server CPU samples | thread | process |",
+            "| --- | --- | --- |",
+        ]
+        c = report["contention"]
+        for key, label in (
+            ("lock_waits", "waiting on a contended PyMutex / critical section"),
+            ("asyncio_task_dict", "… of which asyncio's enter_task/leave_task dict"),
+            ("shared_refcount", "refcounting objects owned by another thread"),
+        ):
+            lines.append(f"| {label} | {c['thread'][key]:.1f}% | {c['process'][key]:.1f}% |")
+        sites = ", ".join(f"{site} {share:.1f}%" for site, share in c["thread"]["lock_sites"])
+        lines.append(f"| contended locks taken in (thread) | {sites} | |")
     t, p = hello["gilworker thread (3.13t)"], hello["gilworker process (3.13t)"]
     g, u = hello["gilworker process (3.11)"], hello["uvicorn-worker (3.11)"]
     a, gr = hello["gunicorn -k asgi (3.11)"], hello["granian (3.13t)"]
+    uv = hello["uvicorn --workers (3.13t)"]
     cs = report["cpu_scaling"]
     targets = [
         (
@@ -450,7 +545,11 @@ def write(report: dict) -> None:
             "≤ 1.25",
             ratio(t.median("cpu_per_req_us"), gr.median("cpu_per_req_us")),
         ),
-        ("PSS thread / process, 8 workers", "≤ 0.25", ratio(mem["thread x8"], mem["process x8"])),
+        (
+            "PSS thread / process, 8 workers, FastAPI app",
+            "≤ 0.25",
+            ratio(mem["thread x8"], mem["process x8"]),
+        ),
         (
             "MB per extra thread worker (8 → 16)",
             "≤ 1.0",
@@ -462,9 +561,9 @@ def write(report: dict) -> None:
             ratio(cs["cpu thread x2"].median("rps"), cs["cpu thread x1"].median("rps")),
         ),
         (
-            "cold start to first 200, 8 workers, thread / process",
+            "cold start to first 200, 8 workers, thread / process, FastAPI app",
             "≤ 0.5",
-            ratio(report["cold_start"]["thread"], report["cold_start"]["process"]),
+            ratio(cold["thread"]["first_200"], cold["process"]["first_200"]),
         ),
         (
             "p99 latency at 64 connections, thread / process",
@@ -476,9 +575,15 @@ def write(report: dict) -> None:
     lines += [f"| {name} | {goal} | {value} |" for name, goal, value in targets]
     lines += [
         "",
+        "For reference: thread (3.13t) / bare `uvicorn --workers 2` (3.13t) CPU per request "
+        f"{ratio(t.median('cpu_per_req_us'), uv.median('cpu_per_req_us'))}; "
+        f"PSS thread / process at 8 workers with the 5-route app "
+        f"{ratio(small['thread x8'], small['process x8'])}, "
+        f"MB per extra thread worker {(small['thread x16'] - small['thread x8']) / 8:.2f}.",
+    ]
+    lines += [
+        "",
         "Respawn to serving: " + "; ".join(report["respawn_ms"].values()),
-        f"Cold start to first 200, 8 workers: thread {report['cold_start']['thread']:.2f} s,"
-        f" process {report['cold_start']['process']:.2f} s. "
         f"Whole run: {report['elapsed_s']:.0f} s.",
     ]
     (RESULTS / "latest.md").write_text("\n".join(lines) + "\n")

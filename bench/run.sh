@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The benchmark in one command: bash bench/run.sh  (about 6 minutes on 2 cores)
-# Needs wrk (Debian: apt-get install wrk). Reuses the venvs of scripts/test-all.sh when they
-# exist and adds the servers compared against (uvicorn-worker, granian) and matplotlib.
+# The benchmark in one command: bash bench/run.sh  (about 8 minutes on 2 cores)
+# Needs wrk (Debian: apt-get install wrk); perf (apt-get install linux-perf) is optional: without
+# it the contention profile is skipped. Reuses the venvs of scripts/test-all.sh when they exist and
+# adds the servers compared against (uvicorn-worker, granian), FastAPI and matplotlib.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 command -v wrk >/dev/null || { echo "bench: wrk is needed: apt-get install wrk" >&2; exit 1; }
@@ -12,6 +13,6 @@ if [ ! -x "$VENVS/gil/bin/python" ] || [ ! -x "$VENVS/freethreaded/bin/python" ]
     python3 -m venv "$VENVS/gil" && "$VENVS/gil/bin/pip" install -q --prefer-binary ".[fast]"
     "$FT" -m venv "$VENVS/freethreaded" && "$VENVS/freethreaded/bin/pip" install -q --prefer-binary ".[fast]"
 fi
-"$VENVS/freethreaded/bin/pip" install -q --prefer-binary uvicorn-worker starlette "granian==2.7.9"
-"$VENVS/gil/bin/pip" install -q --prefer-binary uvicorn-worker starlette granian matplotlib
+"$VENVS/freethreaded/bin/pip" install -q --prefer-binary uvicorn-worker starlette fastapi "granian==2.7.9"
+"$VENVS/gil/bin/pip" install -q --prefer-binary uvicorn-worker starlette fastapi granian matplotlib
 exec "$VENVS/gil/bin/python" bench/run.py --ft "$VENVS/freethreaded" --gil "$VENVS/gil" "$@"

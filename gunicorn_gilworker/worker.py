@@ -18,11 +18,13 @@ from gunicorn.arbiter import Arbiter
 from gunicorn.errors import AppImportError
 from gunicorn.workers.base import Worker
 from uvicorn.config import Config
-from uvicorn.protocols.http.auto import AutoHTTPProtocol
+from uvicorn.protocols.http.auto import AutoHTTPProtocol as _AutoHTTPProtocol
 from uvicorn.protocols.websockets.auto import AutoWebSocketsProtocol
 
-from gunicorn_gilworker.limits import HeadLimits, RequestLimits, guard_head, limit_websocket
+from gunicorn_gilworker.limits import HeadLimits, guard_head, limit_websocket
 from gunicorn_gilworker.server import WorkerServer
+
+AutoHTTPProtocol: Any = _AutoHTTPProtocol  # uvicorn's httptools protocol if installed, else h11
 
 
 class GilWorker(Worker):
@@ -117,9 +119,6 @@ class GilWorker(Worker):
 
     def run(self) -> None:
         self.config.app = self.wsgi
-        self.config.load()  # uvicorn's own wrapping (ASGI 2, proxy headers); RequestLimits on top
-        protocol: Any = self.config.http_protocol_class  # guard_head's class
-        protocol.checked_app = RequestLimits(self.config.loaded_app, self.head_limits)
         # The plain sockets: uvicorn closes what it served on, and gunicorn's wrapper would log
         # the second close (the master closes its own copies itself).
         self.server.run(sockets=[getattr(s, "sock", s) for s in self.sockets])
