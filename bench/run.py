@@ -263,6 +263,21 @@ def compare(
             server.stop()
 
 
+def paired_ratio(a: Result, b: Result, attr: str) -> float:
+    """Median over rounds of a/b, each round's a and b measured one after the other: a slow
+    drift of the machine's speed cancels out of each round's ratio."""
+    return statistics.median(
+        getattr(x, attr) / getattr(y, attr) for x, y in zip(a.rounds, b.rounds, strict=True)
+    )
+
+
+def pair(a: Setup, b: Setup, path: str, rounds: int, seconds: float) -> dict[str, float]:
+    """A and B alone, alternating: CPU per request, req/s and p99 ratios (A / B)."""
+    results = compare([a, b], path, rounds, seconds)
+    ra, rb = results[a.name], results[b.name]
+    return {attr: paired_ratio(ra, rb, attr) for attr in ("cpu_per_req_us", "rps", "p99_ms")}
+
+
 def measure_memory(setup: Setup, path: str) -> float:
     """PSS of the whole server (master and children) after a second of load on `path`."""
     server = Server(setup).start()
@@ -307,7 +322,15 @@ def main() -> None:
     parser.add_argument("--ft", type=Path, required=True, help="free-threaded venv")
     parser.add_argument("--gil", type=Path, required=True, help="GIL-build venv")
     parser.add_argument("--seconds", type=float, default=3)
-    parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="rounds of the hello comparison (every set-up)"
+    )
+    parser.add_argument(
+        "--pair-rounds", type=int, default=6, help="rounds of each target's A/B pair (2 s each)"
+    )
+    parser.add_argument(
+        "--other-rounds", type=int, default=3, help="rounds of the thread-vs-process comparisons"
+    )
     parser.add_argument(
         "--no-profile",
         dest="profile",
@@ -318,7 +341,7 @@ def main() -> None:
     if not shutil.which("wrk"):
         sys.exit("bench: wrk is needed: apt-get install wrk")
     ft, gil = args.ft / "bin", args.gil / "bin"
-    n, s = args.rounds, args.seconds
+    n, m, s = args.rounds, args.other_rounds, args.seconds
     report: dict[str, object] = {"machine": machine(ft, gil)}
     started = time.monotonic()
 
@@ -337,10 +360,18 @@ def main() -> None:
     ]
     print("hello, 2 workers, every set-up", flush=True)
     report["hello"] = compare(everyone, "/", n, s)
+    print("target pairs, hello, 2 workers, A B A B", flush=True)
+    k = args.pair_rounds
+    report["pairs"] = {
+        "thread/process": pair(thread, process, "/", k, 2),
+        "process 3.11/uvicorn-worker": pair(everyone[2], everyone[3], "/", k, 2),
+        "process 3.11/-k asgi": pair(everyone[2], everyone[4], "/", k, 2),
+        "thread/granian": pair(thread, everyone[7], "/", k, 2),
+    }
     workloads = {}
     for path in ("/json", "/cpu", "/io", "/stream"):
         print(f"{path}, 2 workers, thread vs process", flush=True)
-        workloads[path] = compare([thread, process], path, max(2, n - 1), s)
+        workloads[path] = compare([thread, process], path, m, s)
     report["workloads"] = workloads
     counts = {}
     for w in (1, 8):
@@ -351,7 +382,7 @@ def main() -> None:
                 Setup(f"process x{w}", ft, "gilworker-process", w),
             ],
             "/",
-            max(2, n - 1),
+            m,
             s,
         )
     report["counts"] = counts
@@ -362,8 +393,8 @@ def main() -> None:
             Setup("cpu thread x2", ft, "gilworker-thread", 2),
         ],
         "/cpu",
-        n,
-        s,
+        k,
+        2,
     )
     print("memory and cold start (FastAPI app of realistic size)", flush=True)
     report["memory"] = {
@@ -387,8 +418,11 @@ def main() -> None:
     if args.profile and contention.available():
         print("where thread mode spends more than process mode (perf)", flush=True)
         report["contention"] = {
-            kind: profile(Setup(kind, ft, f"gilworker-{kind}"), "/", 4)
-            for kind in ("thread", "process")
+            f"{path}, {w} workers": {
+                kind: profile(Setup(kind, ft, f"gilworker-{kind}", w), path, 3)
+                for kind in ("thread", "process")
+            }
+            for path, w in (("/", 2), ("/json", 2), ("/", 8))
         }
     report["respawn_ms"] = respawn_ms(ft)
     report["elapsed_s"] = time.monotonic() - started
@@ -500,50 +534,51 @@ def write(report: dict) -> None:
         t8, p8 = cold["thread"][key], cold["process"][key]
         lines.append(f"| {label} | {t8:.2f} | {p8:.2f} | {ratio(t8, p8)} |")
     if "contention" in report:
-        lines += [
-            "",
-            "| perf, hello, 2 workers (3.13t): share of server CPU samples | thread | process |",
-            "| --- | --- | --- |",
-        ]
-        c = report["contention"]
-        for key, label in (
-            ("lock_waits", "waiting on a contended PyMutex / critical section"),
-            ("asyncio_task_dict", "… of which asyncio's enter_task/leave_task dict"),
-            ("shared_refcount", "refcounting objects owned by another thread"),
-        ):
-            lines.append(f"| {label} | {c['thread'][key]:.1f}% | {c['process'][key]:.1f}% |")
-        sites = ", ".join(f"{site} {share:.1f}%" for site, share in c["thread"]["lock_sites"])
-        lines.append(f"| contended locks taken in (thread) | {sites} | |")
-    t, p = hello["gilworker thread (3.13t)"], hello["gilworker process (3.13t)"]
-    g, u = hello["gilworker process (3.11)"], hello["uvicorn-worker (3.11)"]
-    a, gr = hello["gunicorn -k asgi (3.11)"], hello["granian (3.13t)"]
-    uv = hello["uvicorn --workers (3.13t)"]
-    cs = report["cpu_scaling"]
+        for what, c in report["contention"].items():
+            lines += [
+                "",
+                f"| perf, {what} (3.13t): share of CPU samples | thread | process |",
+                "| --- | --- | --- |",
+            ]
+            for key, label in (
+                ("lock_waits", "waiting on a contended PyMutex / critical section"),
+                ("asyncio_task_dict", "… of which asyncio's enter_task/leave_task dict"),
+                ("shared_refcount", "refcounting objects owned by another thread"),
+            ):
+                lines.append(f"| {label} | {c['thread'][key]:.1f}% | {c['process'][key]:.1f}% |")
+            sites = ", ".join(
+                f"{site} {share:.1f}%" for site, share in c["thread"]["lock_sites"] if share >= 0.1
+            )
+            lines.append(f"| contended locks taken in (thread) | {sites} | |")
+    pairs, cs = report["pairs"], report["cpu_scaling"]
+
+    def paired(name: str, attr: str) -> str:
+        return f"{pairs[name][attr]:.2f}"
+
+    def cpu_ratio(a: str, b: str) -> str:
+        return ratio(hello[a].median("cpu_per_req_us"), hello[b].median("cpu_per_req_us"))
+
     targets = [
         (
             "thread / process CPU per request, hello, 2 workers",
             "≤ 1.00",
-            ratio(t.median("cpu_per_req_us"), p.median("cpu_per_req_us")),
+            paired("thread/process", "cpu_per_req_us"),
         ),
-        (
-            "thread / process req/s, hello, 2 workers",
-            "≥ 1.00",
-            ratio(t.median("rps"), p.median("rps")),
-        ),
+        ("thread / process req/s, hello, 2 workers", "≥ 1.00", paired("thread/process", "rps")),
         (
             "process (3.11) / uvicorn-worker CPU per request",
             "≤ 1.03",
-            ratio(g.median("cpu_per_req_us"), u.median("cpu_per_req_us")),
+            paired("process 3.11/uvicorn-worker", "cpu_per_req_us"),
         ),
         (
             "process (3.11) / gunicorn -k asgi CPU per request",
             "≤ 0.75",
-            ratio(g.median("cpu_per_req_us"), a.median("cpu_per_req_us")),
+            paired("process 3.11/-k asgi", "cpu_per_req_us"),
         ),
         (
             "thread / granian CPU per request (3.13t)",
             "≤ 1.25",
-            ratio(t.median("cpu_per_req_us"), gr.median("cpu_per_req_us")),
+            paired("thread/granian", "cpu_per_req_us"),
         ),
         (
             "PSS thread / process, 8 workers, FastAPI app",
@@ -558,7 +593,7 @@ def write(report: dict) -> None:
         (
             "/cpu req/s, 2 worker threads / 1",
             "≥ 1.9",
-            ratio(cs["cpu thread x2"].median("rps"), cs["cpu thread x1"].median("rps")),
+            f"{paired_ratio(cs['cpu thread x2'], cs['cpu thread x1'], 'rps'):.2f}",
         ),
         (
             "cold start to first 200, 8 workers, thread / process, FastAPI app",
@@ -568,15 +603,20 @@ def write(report: dict) -> None:
         (
             "p99 latency at 64 connections, thread / process",
             "≤ 1.0",
-            ratio(t.median("p99_ms"), p.median("p99_ms")),
+            paired("thread/process", "p99_ms"),
         ),
     ]
     lines += ["", "| target | goal | measured |", "| --- | --- | --- |"]
     lines += [f"| {name} | {goal} | {value} |" for name, goal, value in targets]
     lines += [
         "",
-        "For reference: thread (3.13t) / bare `uvicorn --workers 2` (3.13t) CPU per request "
-        f"{ratio(t.median('cpu_per_req_us'), uv.median('cpu_per_req_us'))}; "
+        "Ratios of CPU per request, req/s and p99 come from A/B pairs (each pair alone, "
+        "alternating 2-s rounds, median of the per-round ratios). "
+        "For reference (from the table above): thread (3.13t) / bare `uvicorn --workers 2` "
+        "(3.13t) CPU per request "
+        f"{cpu_ratio('gilworker thread (3.13t)', 'uvicorn --workers (3.13t)')}; "
+        "gilworker process (3.11) / granian (3.11) CPU per request "
+        f"{cpu_ratio('gilworker process (3.11)', 'granian (3.11)')}; "
         f"PSS thread / process at 8 workers with the 5-route app "
         f"{ratio(small['thread x8'], small['process x8'])}, "
         f"MB per extra thread worker {(small['thread x16'] - small['thread x8']) / 8:.2f}.",

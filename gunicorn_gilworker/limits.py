@@ -15,7 +15,6 @@ both; so does this, without parsing HTTP itself:
 from __future__ import annotations
 
 import asyncio
-import functools
 import sys
 from dataclasses import dataclass
 from typing import Any
@@ -75,23 +74,20 @@ class PartialHead:
         self.timer: asyncio.TimerHandle | None = None
 
 
-@functools.cache
 def guard_head(protocol_class: type[Any], limits: HeadLimits, header_timeout: float) -> type:
     """`protocol_class` with the head bound, the head deadline and the limit checks.
 
     The common read, a whole head within the limits, costs a few comparisons: the state of a head
     spread over several reads lives in `partial`, not on the protocol, since a new attribute on
-    uvicorn's protocol slows every attribute access uvicorn makes on it. One class serves every
-    worker with the same settings (worker threads share it): a class per worker thread would
-    multiply the entries the interpreter's type-attribute cache has to hold."""
+    uvicorn's protocol slows every attribute access uvicorn makes on it. Each worker builds its own
+    class, with its own `partial`: worker threads share nothing here."""
     max_bytes = limits.max_bytes()
     safe_bytes, safe_lines = limits.safe_bytes(), limits.safe_lines()
     # A field takes at least 3 bytes ("x:\n"): fewer bytes than this cannot hold too many fields,
     # so most heads are passed on without counting their lines.
     few_fields_bytes = min(safe_bytes, 3 * (safe_lines - 1))
     feed = protocol_class.data_received  # called directly: no super() lookup per read
-    partial: dict[Any, PartialHead] = {}  # connections waiting for the rest of a head (dict
-    # reads take no lock on a free-threaded build; writes happen once or twice per connection)
+    partial: dict[Any, PartialHead] = {}  # this worker's connections waiting for a head's rest
 
     class GuardedHead(protocol_class):  # type: ignore[misc, valid-type]
         app: Any  # uvicorn's protocol sets it to the app it serves
@@ -213,7 +209,6 @@ class RequestLimits:
         await send({"type": "http.response.body", "body": body})
 
 
-@functools.cache
 def limit_websocket(protocol_class: Any, limits: HeadLimits) -> type:
     """`protocol_class` checking each handshake's head against the limits (once per connection;
     its head size is bounded by the HTTP protocol that hands the connection over)."""
