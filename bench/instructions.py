@@ -4,6 +4,7 @@ move with the machine's load (it leaves out the kernel's share), so this shows w
 does per request in user space when CPU-time ratios are within noise.
 
     python bench/instructions.py --venv .venvs/gil     # about a minute; needs valgrind
+    (bench/run.sh runs it too when valgrind is installed)
 
 Each worker serves N1 and then N2 sequential keep-alive requests in separate runs; the difference
 of its instruction totals over N2 - N1 is its cost per request (start-up and shutdown cancel out).
@@ -89,6 +90,16 @@ def worker_instructions(venv: Path, worker: str, count: int) -> int:
     return workers[0]
 
 
+def per_request(venv: Path, counts: tuple[int, int]) -> dict[str, float]:
+    """Instructions per request of each worker class, from runs of counts[0] and counts[1]."""
+    n1, n2 = counts
+    result = {}
+    for label, worker in WORKERS.items():
+        low, high = (worker_instructions(venv, worker, n) for n in (n1, n2))
+        result[label] = (high - low) / (n2 - n1)
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--venv", type=Path, required=True, help="GIL-build venv")
@@ -96,15 +107,12 @@ def main() -> None:
     args = parser.parse_args()
     if not shutil.which("valgrind"):
         sys.exit("bench: valgrind is needed: apt-get install valgrind")
-    n1, n2 = args.counts
-    per_request = {}
-    for label, worker in WORKERS.items():
-        low, high = (worker_instructions(args.venv, worker, n) for n in (n1, n2))
-        per_request[label] = (high - low) / (n2 - n1)
-        print(f"{label}: {per_request[label]:,.0f} instructions per request", flush=True)
-    ours = per_request["gilworker (process)"]
+    measured = per_request(args.venv, tuple(args.counts))
+    for label, n in measured.items():
+        print(f"{label}: {n:,.0f} instructions per request")
+    ours = measured["gilworker (process)"]
     for label in list(WORKERS)[1:]:
-        print(f"gilworker / {label} instructions per request: {ours / per_request[label]:.3f}")
+        print(f"gilworker / {label} instructions per request: {ours / measured[label]:.3f}")
 
 
 if __name__ == "__main__":

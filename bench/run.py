@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import contention
+import instructions
 
 HERE = Path(__file__).parent
 REALISTIC = "realistic_app:app"  # FastAPI, 12 resources x 5 routes: memory and cold start
@@ -425,6 +426,9 @@ def main() -> None:
             for path, w in (("/", 2), ("/json", 2), ("/", 8))
         }
     report["respawn_ms"] = respawn_ms(ft)
+    if shutil.which("valgrind"):
+        print("instructions per request, one worker process (3.11, callgrind)", flush=True)
+        report["instructions"] = instructions.per_request(args.gil, (400, 1600))
     report["elapsed_s"] = time.monotonic() - started
     write(report)
 
@@ -621,6 +625,16 @@ def write(report: dict) -> None:
         f"{ratio(small['thread x8'], small['process x8'])}, "
         f"MB per extra thread worker {(small['thread x16'] - small['thread x8']) / 8:.2f}.",
     ]
+    if "instructions" in report:
+        ins = report["instructions"]
+        ours = ins["gilworker (process)"]
+        lines += [
+            "",
+            "Instructions per request, one worker process (3.11, callgrind, no kernel share): "
+            + ", ".join(f"{label} {n:,.0f}" for label, n in ins.items())
+            + f"; gilworker / uvicorn-worker {ours / ins['uvicorn-worker']:.3f}, "
+            f"gilworker / gunicorn -k asgi {ours / ins['gunicorn -k asgi']:.3f}.",
+        ]
     lines += [
         "",
         "Respawn to serving: " + "; ".join(report["respawn_ms"].values()),
