@@ -21,6 +21,7 @@ from uvicorn.config import Config
 from uvicorn.protocols.http.auto import AutoHTTPProtocol as _AutoHTTPProtocol
 from uvicorn.protocols.websockets.auto import AutoWebSocketsProtocol
 
+from gunicorn_gilworker.coalesce import coalesce_writes
 from gunicorn_gilworker.limits import HeadLimits, guard_head, limit_websocket
 from gunicorn_gilworker.server import WorkerServer
 
@@ -79,7 +80,11 @@ class GilWorker(Worker):
             "app": None,  # set to the loaded app in run()
             "log_config": None,
             "loop": cfg.asgi_loop,
-            "http": guard_head(AutoHTTPProtocol, self.head_limits, cfg.header_timeout),
+            # uvicorn's HTTP protocol, sending a response's head and body together and
+            # bounding request heads as gunicorn does
+            "http": guard_head(
+                coalesce_writes(AutoHTTPProtocol), self.head_limits, cfg.header_timeout
+            ),
             "lifespan": cfg.asgi_lifespan,
             "root_path": cfg.root_path or "",
             "timeout_keep_alive": cfg.keepalive,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import http.client
 import socket
 import sys
+import time
 
 import pytest
 from server import APPS, GUNICORN, free_port, request
@@ -37,6 +38,23 @@ def test_streaming_response_arrives_in_chunks(gunicorn, mode):
     assert resp.status == 200
     assert resp.headers.get("transfer-encoding") == "chunked"
     assert resp.body == b"".join(b"chunk%d\n" % i for i in range(20))
+
+
+def test_a_head_goes_out_before_a_late_body(gunicorn, mode):
+    # gilworker joins a response's head to its body when the app sends both in one step; a
+    # head whose body is not ready must still reach the client at once.
+    gunicorn.start(mode=mode)
+    conn = http.client.HTTPConnection("127.0.0.1", gunicorn.port, timeout=10)
+    try:
+        conn.request("GET", "/head-first?s=3")
+        started = time.monotonic()
+        resp = conn.getresponse()  # returns once the head is read
+        head_after = time.monotonic() - started
+        body = resp.read()
+    finally:
+        conn.close()
+    assert resp.status == 200 and body == b"late body"
+    assert head_after < 1.5  # the body follows 3 s later
 
 
 def test_websocket_echo(gunicorn, mode):

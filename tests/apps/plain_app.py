@@ -45,6 +45,11 @@ async def http(scope, receive, send):
             await asyncio.sleep(float(query.get("delay", ["0.01"])[0]))
         await send({"type": "http.response.body", "body": b""})
         return
+    if path == "/head-first":  # the head now, the body after a pause
+        await start(send, 200, b"text/plain")
+        await asyncio.sleep(float(query["s"][0]))
+        await send({"type": "http.response.body", "body": b"late body"})
+        return
     if path == "/crash":  # ends this worker's event loop: the worker dies, as by a bug
         asyncio.get_running_loop().call_soon(crash)
     elif path == "/sleep":
