@@ -80,11 +80,6 @@ class GilWorker(Worker):
             "app": None,  # set to the loaded app in run()
             "log_config": None,
             "loop": cfg.asgi_loop,
-            # uvicorn's HTTP protocol, sending a response's head and body together and
-            # bounding request heads as gunicorn does
-            "http": guard_head(
-                coalesce_writes(AutoHTTPProtocol), self.head_limits, cfg.header_timeout
-            ),
             "lifespan": cfg.asgi_lifespan,
             "root_path": cfg.root_path or "",
             "timeout_keep_alive": cfg.keepalive,
@@ -94,8 +89,6 @@ class GilWorker(Worker):
             "forwarded_allow_ips": cfg.forwarded_allow_ips,
             "backlog": cfg.backlog,
         }
-        if AutoWebSocketsProtocol is not None:  # else uvicorn serves no WebSockets ("auto")
-            settings["ws"] = limit_websocket(AutoWebSocketsProtocol, self.head_limits)
         if cfg.is_ssl:
             ssl = cfg.ssl_options
             settings.update(
@@ -108,6 +101,16 @@ class GilWorker(Worker):
                 ssl_ciphers=ssl.get("ciphers"),
             )
         return settings
+
+    def build_protocols(self) -> None:
+        """uvicorn's protocols with gunicorn's request limits, and a response's head and body
+        sent together. Called in the worker's own thread: on a free-threaded build the thread
+        that makes a class owns its methods' reference counts, and a method of a class made in
+        another thread sends every lookup of it through the interpreter's locked slow path."""
+        limits, config = self.head_limits, self.config
+        config.http = guard_head(coalesce_writes(AutoHTTPProtocol), limits, self.cfg.header_timeout)
+        if AutoWebSocketsProtocol is not None:  # else uvicorn serves no WebSockets ("auto")
+            config.ws = limit_websocket(AutoWebSocketsProtocol, limits)
 
     # -- life cycle ---------------------------------------------------------------------------
 
@@ -124,6 +127,7 @@ class GilWorker(Worker):
 
     def run(self) -> None:
         self.config.app = self.wsgi
+        self.build_protocols()
         # The plain sockets: uvicorn closes what it served on, and gunicorn's wrapper would log
         # the second close (the master closes its own copies itself).
         self.server.run(sockets=[getattr(s, "sock", s) for s in self.sockets])

@@ -86,3 +86,35 @@ def test_a_worker_that_ignores_the_stop_does_not_keep_the_server_alive(gunicorn,
     master.wait(timeout=20)
     assert time.monotonic() - started < 10
     assert "Shutting down: Master" in master.log
+
+
+def test_a_worker_builds_its_protocol_classes_in_its_own_thread(mocker, tmp_path):
+    # On a free-threaded build the thread that makes a class owns its methods' refcounts: a
+    # protocol class made by the master would send each worker's method lookups down the
+    # interpreter's locked slow path. So the classes are made in run(), in the worker's thread.
+    from gunicorn_gilworker import worker as worker_module
+
+    arbiter = in_process_arbiter(tmp_path, mode="thread")
+    made_in = []
+    for name in ("guard_head", "coalesce_writes", "limit_websocket"):
+        real = getattr(worker_module, name)
+        mocker.patch.object(
+            worker_module,
+            name,
+            side_effect=lambda *a, real=real, name=name: (
+                made_in.append((name, threading.get_ident())) or real(*a)
+            ),
+        )
+    worker = worker_module.GilWorker(1, 0, [], arbiter.app, 30, arbiter.cfg, arbiter.log)
+    worker.wsgi = arbiter.app.wsgi()
+    served = mocker.patch.object(worker.server, "run")
+    worker.server.started = True
+    assert made_in == []  # nothing yet in the master's thread
+
+    runner = threading.Thread(target=worker.run)
+    runner.start()
+    runner.join(5)
+    served.assert_called_once()
+    assert {name for name, _ in made_in} == {"guard_head", "coalesce_writes", "limit_websocket"}
+    assert {ident for _, ident in made_in} == {runner.ident}
+    assert worker.config.http.__name__ == "GuardedCoalescedHttpToolsProtocol"
