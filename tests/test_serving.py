@@ -57,6 +57,24 @@ def test_a_head_goes_out_before_a_late_body(gunicorn, mode):
     assert head_after < 1.5  # the body follows 3 s later
 
 
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_gunicorns_asgi_loop_setting_picks_the_loop(gunicorn, mode, loop):
+    # The loop's transport is the one the response's head and body are joined on: plain,
+    # streamed and WebSocket answers on both.
+    gunicorn.start("--asgi-loop", loop, mode=mode)
+    conn = http.client.HTTPConnection("127.0.0.1", gunicorn.port, timeout=10)
+    try:
+        answers = [request(conn=conn) for _ in range(3)]
+        streamed = request(conn=conn, path="/stream?n=4&delay=0")
+    finally:
+        conn.close()
+    assert {a.json()["loop_module"].split(".")[0] for a in answers} == {loop}
+    assert streamed.body == b"".join(b"chunk%d\n" % i for i in range(4))
+    with connect(f"ws://127.0.0.1:{gunicorn.port}/ws", open_timeout=10) as ws:
+        ws.send("hi")
+        assert ws.recv(timeout=10).startswith("echo:hi:")
+
+
 def test_websocket_echo(gunicorn, mode):
     gunicorn.start(mode=mode)
     with connect(f"ws://127.0.0.1:{gunicorn.port}/ws", open_timeout=10) as ws:

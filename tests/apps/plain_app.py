@@ -66,6 +66,7 @@ async def http(scope, receive, send):
         "imported_in": IMPORTED_IN_PID,
         "thread": threading.current_thread().name,
         "loop": id(asyncio.get_running_loop()),
+        "loop_module": type(asyncio.get_running_loop()).__module__,
         "state_loop": state.get("loop"),
         "state_thread": state.get("thread"),
         "startups": len(STARTUPS),
