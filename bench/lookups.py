@@ -26,7 +26,6 @@ LOOKUPS = 300_000
 
 class Module:
     __slots__ = ("slot",)
-    CONST = (1, 2)
 
     def method(self) -> int:
         return 1
