@@ -88,6 +88,7 @@ class Setup:
     workers: int = 2
     app: str = "app:app"  # the Starlette bench app; REALISTIC for memory and cold start
     log_level: str = "warning"  # "info" shows when each worker serves (cold start)
+    options: tuple[str, ...] = ()  # more gunicorn options (gilworker set-ups)
 
     def argv(self, port: int) -> list[str]:
         bind = f"127.0.0.1:{port}"
@@ -106,7 +107,8 @@ class Setup:
         gunicorn = [str(self.python / "gunicorn")]
         if self.kind.startswith("gilworker"):
             mode = self.kind.split("-")[1]
-            return [*gunicorn, "-k", "gilworker", "--gil-mode", mode, *common, self.app]
+            gilworker = ["-k", "gilworker", "--gil-mode", mode]
+            return [*gunicorn, *gilworker, *common, *self.options, self.app]
         if self.kind == "uvicorn-worker":
             return [*gunicorn, "-k", "uvicorn_worker.UvicornWorker", *common, self.app]
         if self.kind == "asgi":
@@ -272,9 +274,30 @@ def paired_ratio(a: Result, b: Result, attr: str) -> float:
     )
 
 
-def pair(a: Setup, b: Setup, path: str, rounds: int, seconds: float) -> dict[str, float]:
+def fresh_rounds(
+    setups: list[Setup], path: str, rounds: int, seconds: float, connections: int = 64
+) -> dict[str, Result]:
+    """Like `compare`, but every round starts each server anew (A B, then B A, ...). On 3.13t a
+    thread-mode server's cost per request differs from one start to the next by up to ~15%
+    (which hot attribute lookups collide in the interpreter's type cache, how connections split
+    between the loops): one start per set-up would report one draw, not the typical server."""
+    results = {s.name: Result(s.name) for s in setups}
+    for i in range(rounds):
+        for setup in setups if i % 2 == 0 else setups[::-1]:
+            server = Server(setup).start()
+            try:
+                load(server, path, 1, connections)  # warm-up
+                results[setup.name].rounds.append(load(server, path, seconds, connections))
+            finally:
+                server.stop()
+    return results
+
+
+def pair(
+    a: Setup, b: Setup, path: str, rounds: int, seconds: float, fresh: bool = False
+) -> dict[str, float]:
     """A and B alone, alternating: CPU per request, req/s and p99 ratios (A / B)."""
-    results = compare([a, b], path, rounds, seconds)
+    results = (fresh_rounds if fresh else compare)([a, b], path, rounds, seconds)
     ra, rb = results[a.name], results[b.name]
     return {attr: paired_ratio(ra, rb, attr) for attr in ("cpu_per_req_us", "rps", "p99_ms")}
 
@@ -364,10 +387,10 @@ def main() -> None:
     print("target pairs, hello, 2 workers, A B A B", flush=True)
     k = args.pair_rounds
     report["pairs"] = {
-        "thread/process": pair(thread, process, "/", k, 2),
+        "thread/process": pair(thread, process, "/", k, 2, fresh=True),
         "process 3.11/uvicorn-worker": pair(everyone[2], everyone[3], "/", k, 2),
         "process 3.11/-k asgi": pair(everyone[2], everyone[4], "/", k, 2),
-        "thread/granian": pair(thread, everyone[7], "/", k, 2),
+        "thread/granian": pair(thread, everyone[7], "/", k, 2, fresh=True),
     }
     workloads = {}
     for path in ("/json", "/cpu", "/io", "/stream"):
@@ -615,7 +638,8 @@ def write(report: dict) -> None:
     lines += [
         "",
         "Ratios of CPU per request, req/s and p99 come from A/B pairs (each pair alone, "
-        "alternating 2-s rounds, median of the per-round ratios). "
+        "alternating 2-s rounds, median of the per-round ratios; the thread/process and "
+        "thread/granian pairs start both servers anew each round). "
         "For reference (from the table above): thread (3.13t) / bare `uvicorn --workers 2` "
         "(3.13t) CPU per request "
         f"{cpu_ratio('gilworker thread (3.13t)', 'uvicorn --workers (3.13t)')}; "
