@@ -23,6 +23,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -275,12 +276,18 @@ def paired_ratio(a: Result, b: Result, attr: str) -> float:
 
 
 def fresh_rounds(
-    setups: list[Setup], path: str, rounds: int, seconds: float, connections: int = 64
+    setups: list[Setup],
+    path: str,
+    rounds: int,
+    seconds: float,
+    connections: int = 64,
+    after_round: Callable[[Server], None] | None = None,
 ) -> dict[str, Result]:
     """Like `compare`, but every round starts each server anew (A B, then B A, ...). On 3.13t a
     thread-mode server's cost per request differs from one start to the next by up to ~15%
     (which hot attribute lookups collide in the interpreter's type cache, how connections split
-    between the loops): one start per set-up would report one draw, not the typical server."""
+    between the loops): one start per set-up would report one draw, not the typical server.
+    `after_round`, if given, sees each server after its round, before it stops."""
     results = {s.name: Result(s.name) for s in setups}
     for i in range(rounds):
         for setup in setups if i % 2 == 0 else setups[::-1]:
@@ -288,6 +295,8 @@ def fresh_rounds(
             try:
                 load(server, path, 1, connections)  # warm-up
                 results[setup.name].rounds.append(load(server, path, seconds, connections))
+                if after_round is not None:
+                    after_round(server)
             finally:
                 server.stop()
     return results

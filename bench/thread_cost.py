@@ -21,7 +21,7 @@ import statistics
 import subprocess
 from pathlib import Path
 
-from run import HERE, Round, Server, Setup, load
+from run import HERE, Server, Setup, fresh_rounds, paired_ratio
 
 PROBES = {"fallback": "find_name_in_mro", "waited": "_PyMutex_LockTimed"}
 GROUP = "gilworker_bench"
@@ -98,34 +98,26 @@ def main() -> None:
         Setup("process", ft, "gilworker-process"),
     ]
     probing = add_probes(ft / "python")
-    rounds: dict[str, list[Round]] = {s.name: [] for s in setups}
     probed: dict[str, list[dict[str, float]]] = {s.name: [] for s in setups}
+
+    def count(server: Server) -> None:
+        if probing:
+            probed[server.setup.name].append(counts_per_request(server, 2))
+
     try:
-        for i in range(args.rounds):
-            for setup in setups if i % 2 == 0 else setups[::-1]:
-                server = Server(setup).start()
-                try:
-                    load(server, "/", 1, 64)  # warm-up
-                    rounds[setup.name].append(load(server, "/", 2, 64))
-                    if probing:
-                        probed[setup.name].append(counts_per_request(server, 2))
-                finally:
-                    server.stop()
+        results = fresh_rounds(setups, "/", args.rounds, 2, after_round=count)
     finally:
         if probing:
             remove_probes()
 
-    base = rounds["process"]
     print(
         "| 3.13t, hello, 2 workers, fresh start per round | CPU µs/req | / process | "
         "type-cache fallbacks per req | lock waits per req |"
     )
     print("| --- | --- | --- | --- | --- |")
-    for name, own in rounds.items():
-        cpu = [r.cpu_per_req_us for r in own]
-        ratio = statistics.median(
-            a.cpu_per_req_us / b.cpu_per_req_us for a, b in zip(own, base, strict=True)
-        )
+    for name, result in results.items():
+        cpu = [r.cpu_per_req_us for r in result.rounds]
+        ratio = paired_ratio(result, results["process"], "cpu_per_req_us")
         cells = [f"{statistics.median(cpu):.1f} ({min(cpu):.1f}..{max(cpu):.1f})", f"{ratio:.3f}"]
         for event in PROBES:
             values = [p[event] for p in probed[name]]
