@@ -10,7 +10,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent / "tests"))
 
-from server import FREE_THREADED, Launcher
+from server import FREE_THREADED, TOPOLOGIES, Launcher, Topology
 
 
 def pytest_report_header() -> str:
@@ -28,7 +28,14 @@ def gunicorn(tmp_path: Path) -> Iterator[Launcher]:
         launcher.stop_all()
 
 
+@pytest.fixture(params=TOPOLOGIES, ids=str)
+def topology(request: pytest.FixtureRequest) -> Topology:
+    """Each behaviour in every topology: forked processes, threads of the master, and worker
+    processes of threads (`--gil-mode thread --threads 2`)."""
+    return request.param
+
+
 @pytest.fixture(params=["thread", "process"])
 def mode(request: pytest.FixtureRequest) -> str:
-    """Each behaviour in both worker modes (`--gil-mode`)."""
+    """A behaviour of thread mode against process mode, one loop per worker either way."""
     return request.param

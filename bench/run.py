@@ -380,6 +380,8 @@ def main() -> None:
 
     thread = Setup("gilworker thread (3.13t)", ft, "gilworker-thread")
     process = Setup("gilworker process (3.13t)", ft, "gilworker-process")
+    # one worker process of two event-loop threads: the same loops as `thread`, out of the master
+    hosted = Setup("-w 1 --threads 2", ft, "gilworker-thread", 1, options=("--threads", "2"))
     everyone = [
         thread,
         process,
@@ -400,6 +402,7 @@ def main() -> None:
         "process 3.11/uvicorn-worker": pair(everyone[2], everyone[3], "/", k, 2),
         "process 3.11/-k asgi": pair(everyone[2], everyone[4], "/", k, 2),
         "thread/granian": pair(thread, everyone[7], "/", k, 2, fresh=True),
+        "processes of threads/threads in master": pair(hosted, thread, "/", k, 2, fresh=True),
     }
     workloads = {}
     for path in ("/json", "/cpu", "/io", "/stream"):
@@ -437,6 +440,10 @@ def main() -> None:
         for kind in ("thread", "process")
         for w in (1, 2, 8, 16)
     }
+    report["memory"]["processes of threads 2x4"] = measure_memory(
+        Setup("2x4", ft, "gilworker-thread", 2, app=REALISTIC, options=("--threads", "4")),
+        "/users?limit=5",
+    )
     report["memory_small_app"] = {
         f"{kind} x{w}": measure_memory(Setup(kind, ft, f"gilworker-{kind}", w), "/")
         for kind in ("thread", "process")
@@ -465,15 +472,21 @@ def main() -> None:
     write(report)
 
 
+RESPAWNS = {  # what crashes, and how: the thread of a loop, or a whole worker process
+    "thread": ("--mode", "thread"),
+    "process": ("--mode", "process"),
+    "process of threads, segfault": ("--mode", "thread", "--threads", "2", "--crash", "segfault"),
+}
+
+
 def respawn_ms(ft: Path) -> dict[str, str]:
     lines = {}
-    for mode in ("thread", "process"):
+    for name, args in RESPAWNS.items():
         out = subprocess.run(
             [
                 str(ft / "python"),
                 str(HERE / "supervision.py"),
-                "--mode",
-                mode,
+                *args,
                 "--reloads",
                 "0",
                 "--respawns",
@@ -483,7 +496,7 @@ def respawn_ms(ft: Path) -> dict[str, str]:
             text=True,
             timeout=300,
         ).stdout
-        lines[mode] = out.splitlines()[0] if out else "failed"
+        lines[name] = out.splitlines()[0] if out else "failed"
     return lines
 
 
@@ -554,6 +567,10 @@ def write(report: dict) -> None:
             + " | ".join(f"{mem[f'{kind} x{w}']:.1f}" for w in (1, 2, 8, 16))
             + " |"
         )
+    lines.append(
+        f"| -w 2 --threads 4 (processes of threads), FastAPI app | | | "
+        f"{mem['processes of threads 2x4']:.1f} | |"
+    )
     for kind in ("thread", "process"):
         lines.append(
             f"| {kind}, 5-route Starlette app | | | "
@@ -620,6 +637,16 @@ def write(report: dict) -> None:
             "PSS thread / process, 8 workers, FastAPI app",
             "≤ 0.25",
             ratio(mem["thread x8"], mem["process x8"]),
+        ),
+        (
+            "PSS -w 2 --threads 4 / -w 8 processes, FastAPI app",
+            "≤ 0.50",
+            ratio(mem["processes of threads 2x4"], mem["process x8"]),
+        ),
+        (
+            "CPU per request, -w 1 --threads 2 / threads in the master -w 2",
+            "≤ 1.02",
+            paired("processes of threads/threads in master", "cpu_per_req_us"),
         ),
         (
             "MB per extra thread worker (8 → 16)",

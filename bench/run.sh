@@ -13,6 +13,7 @@ if [ ! -x "$VENVS/gil/bin/python" ] || [ ! -x "$VENVS/freethreaded/bin/python" ]
     python3 -m venv "$VENVS/gil" && "$VENVS/gil/bin/pip" install -q --prefer-binary ".[fast]"
     "$FT" -m venv "$VENVS/freethreaded" && "$VENVS/freethreaded/bin/pip" install -q --prefer-binary ".[fast]"
 fi
-"$VENVS/freethreaded/bin/pip" install -q --prefer-binary uvicorn-worker starlette fastapi "granian==2.7.9"
+# pydantic 2.12+ needs a pydantic-core with no 3.13t wheel (its source build needs the crates registry)
+"$VENVS/freethreaded/bin/pip" install -q --prefer-binary uvicorn-worker starlette fastapi "pydantic<2.12" "granian==2.7.9"
 "$VENVS/gil/bin/pip" install -q --prefer-binary uvicorn-worker starlette fastapi granian matplotlib
 exec "$VENVS/gil/bin/python" bench/run.py --ft "$VENVS/freethreaded" --gil "$VENVS/gil" "$@"

@@ -1,6 +1,11 @@
 """Supervision figures: worker respawn to serving, and memory per code reload (HUP).
 
-    python bench/supervision.py [--mode thread|process] [--reloads 20] [--respawns 20]
+    python bench/supervision.py [--mode thread|process] [--threads N] [--crash exit|segfault]
+                                [--reloads 20] [--respawns 20]
+
+`--crash exit` ends the serving worker's event loop (a thread, or a process's only loop);
+`--crash segfault` crashes the serving process in C (ctypes), for worker processes: with
+`--mode thread --threads 2` that is a worker process of threads, dead and replaced whole.
 
 Runs a real `gunicorn -k gilworker` master on 127.0.0.1 with the interpreter running this
 script, and prints one line per figure.
@@ -21,13 +26,15 @@ import time
 from pathlib import Path
 
 APP = """
-import asyncio, os, sys, threading
+import asyncio, ctypes, os, sys, threading
 VERSION = {version}
 async def app(scope, receive, send):
     if scope["type"] != "http":
         return
-    if scope["path"] == "/crash":
+    if scope["path"] == "/exit":
         asyncio.get_running_loop().call_soon(sys.exit, 1)
+    if scope["path"] == "/segfault":
+        ctypes.string_at(0)
     await send({{"type": "http.response.start", "status": 200, "headers": []}})
     loop = asyncio.get_running_loop()
     who = f"{{VERSION}} {{os.getpid()}}-{{threading.get_ident()}}-{{id(loop)}}"
@@ -65,6 +72,8 @@ def children(pid: int) -> list[int]:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--mode", default="thread")
+    parser.add_argument("--threads", type=int, default=1, help="event-loop threads per process")
+    parser.add_argument("--crash", choices=("exit", "segfault"), default="exit")
     parser.add_argument("--reloads", type=int, default=20)
     parser.add_argument("--respawns", type=int, default=20)
     args = parser.parse_args()
@@ -81,6 +90,8 @@ def main() -> None:
             "gilworker",
             "--gil-mode",
             args.mode,
+            "--threads",
+            str(args.threads),
             "-w",
             "1",
             "-b",
@@ -104,16 +115,19 @@ def main() -> None:
         while get(port) is None and time.monotonic() < deadline:
             time.sleep(0.05)
         respawn = []
+        topology = f"{args.mode}, --threads {args.threads}, {args.crash}"
         for _ in range(args.respawns):
-            crashed = get(port, "/crash")
+            crashed = get(port, f"/{args.crash}")  # None: the connection died with the process
             t0 = time.perf_counter()
             while get(port) in (None, crashed):  # until the replacement answers
                 time.sleep(0.001)
             respawn.append((time.perf_counter() - t0) * 1000)
         print(
-            f"respawn to serving ({args.mode}): median {statistics.median(respawn):.1f} ms, "
+            f"respawn to serving ({topology}): median {statistics.median(respawn):.1f} ms, "
             f"min {min(respawn):.1f}, max {max(respawn):.1f} over {len(respawn)} crashes"
         )
+        if not args.reloads:
+            return
         time.sleep(1)
         start = pss_mb(master.pid)
         for version in range(1, args.reloads + 1):
@@ -125,7 +139,7 @@ def main() -> None:
         time.sleep(2)
         end = pss_mb(master.pid)
         print(
-            f"memory over {args.reloads} HUP reloads ({args.mode}, {sys.version.split()[0]}): "
+            f"memory over {args.reloads} HUP reloads ({topology}, {sys.version.split()[0]}): "
             f"PSS {start:.1f} MB -> {end:.1f} MB, {(end - start) / args.reloads:.2f} MB per "
             "reload"
         )

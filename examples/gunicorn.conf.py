@@ -1,8 +1,9 @@
 """A production-style gunicorn.conf.py: switching to gilworker changes only `worker_class`.
 
-The hooks run once per worker in both modes; `worker.gil_mode` says which ("thread" or
-"process"). Here they keep one marker file per live worker, as a metrics exporter does for its
-per-worker data, and clean it up when the worker exits.
+The hooks run once per worker in every topology; `worker.gil_mode` says what a worker is
+("thread": a thread of the master; "process": a forked process, which with `threads > 1` runs
+that many event-loop threads). Here they keep one marker file per live worker, as a metrics
+exporter does for its per-worker data, and clean it up when the worker exits.
 """
 
 import os
@@ -11,6 +12,7 @@ bind = os.environ.get("BIND", "127.0.0.1:8000")
 workers = int(os.environ.get("WORKERS", "4"))
 worker_class = "gilworker"
 gil_mode = os.environ.get("GIL_MODE", "auto")
+threads = int(os.environ.get("THREADS", "1"))  # event-loop threads per worker process
 graceful_timeout = 10
 accesslog = "-"
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 FIRST_DELAY = 0.1
 MAX_DELAY = 30.0
@@ -51,3 +52,55 @@ class CrashBudget:
     def wait(self, slot: int) -> float:
         """Seconds until `slot` may start a worker again (0: now)."""
         return max(0.0, self.not_before.get(slot, 0.0) - self.clock())
+
+
+class Slots:
+    """Worker slots 0, 1, 2, ...: each live worker holds one, and a crash is charged to its slot,
+    so a replacement that keeps crashing backs off. The master keeps one for its workers (forked
+    processes or threads); a worker process of threads keeps one for its threads.
+
+    `wake_in(seconds)` is called when a slot must wait: the owner's loop should try again then.
+    """
+
+    def __init__(
+        self,
+        budget: CrashBudget,
+        log: Any,
+        wake_in: Callable[[float], None],
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.budget = budget
+        self.log = log
+        self.wake_in = wake_in
+        self.clock = clock
+        self.held: dict[int, tuple[int, float]] = {}  # worker id -> (slot, start time)
+
+    def claim(self, live: Iterable[int]) -> int | None:
+        """The lowest slot that no live worker holds; None while it is backing off."""
+        used = {self.held[wid][0] for wid in live if wid in self.held}
+        slot = next(i for i in range(len(used) + 1) if i not in used)
+        wait = self.budget.wait(slot)
+        if wait > 0:
+            self.wake_in(wait)
+            return None
+        return slot
+
+    def hold(self, wid: int, slot: int) -> None:
+        self.held[wid] = (slot, self.clock())
+
+    def release(self, wid: int, crashed: bool) -> bool:
+        """`wid` ended. A crash is charged to its slot (logged when the slot must back off);
+        True if a crash was charged."""
+        slot, started = self.held.pop(wid, (-1, 0.0))
+        if not crashed or slot < 0:
+            return False
+        delay = self.budget.crashed(slot, self.clock() - started)
+        if delay is not None:
+            self.log.warning(
+                "Worker slot %d crashed more than %d times within %ss: next start in %.1fs",
+                slot,
+                self.budget.max_restarts,
+                self.budget.window,
+                delay,
+            )
+        return True

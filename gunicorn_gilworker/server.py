@@ -54,3 +54,7 @@ class WorkerServer(uvicorn.Server):
     def _exit(self, force: bool) -> None:
         self.should_exit = True
         self.force_exit = self.force_exit or force
+        # Stop accepting now, not at uvicorn's next tick (up to 0.1 s later): a successor, or
+        # the other workers, take the new connections meanwhile.
+        for server in getattr(self, "servers", ()):
+            server.close()

@@ -9,8 +9,10 @@ builds its `Config`.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from gunicorn.config import Setting
+from gunicorn.errors import ConfigError
 
 GIL_MODES = ("auto", "thread", "process")
 
@@ -97,3 +99,18 @@ class HeaderTimeout(Setting):
         Protects against slowloris clients, which uvicorn alone would wait for indefinitely.
         0 disables it. Idle keep-alive connections are closed by --keep-alive instead.
         """
+
+
+def check_combination(cfg: Any) -> None:
+    """gunicorn's settings as gilworker reads them; called by `Config.validate` (through
+    registration.py) when the worker class is gilworker. gunicorn accepts 0 for both."""
+    if cfg.workers < 1:
+        raise ConfigError(
+            f"-w/--workers must be at least 1 with gilworker; got {cfg.workers}"
+            " (0 starts a server that never answers)"
+        )
+    if cfg.threads < 1:
+        raise ConfigError(
+            f"--threads must be at least 1 with gilworker (event-loop threads per worker "
+            f"process); got {cfg.threads}"
+        )

@@ -22,6 +22,7 @@ from uvicorn.protocols.http.auto import AutoHTTPProtocol as _AutoHTTPProtocol
 from uvicorn.protocols.websockets.auto import AutoWebSocketsProtocol
 
 from gunicorn_gilworker.coalesce import coalesce_writes
+from gunicorn_gilworker.faults import write_tracebacks_on_crash
 from gunicorn_gilworker.limits import HeadLimits, guard_head, limit_websocket
 from gunicorn_gilworker.server import WorkerServer
 
@@ -32,7 +33,8 @@ class GilWorker(Worker):
     """ASGI worker for gunicorn: `gunicorn -k gilworker app:app`."""
 
     runs_under_gil_arbiter = True  # registration.py swaps gunicorn's Arbiter for GilArbiter
-    gil_mode = "process"  # "thread" when the master started this worker as a thread
+    gil_mode = "process"  # "thread" when it runs as a thread (of the master or of a process)
+    runs_hooks = True  # False for a loop thread of a worker process of threads: its process does
     exit_status = 0  # set by abort(): uvicorn turns an exception raised in a request into a 500
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -121,9 +123,14 @@ class GilWorker(Worker):
         # A thread: the master already set the environment, privileges and seed for the whole
         # process, and signals belong to the main thread. The app is loaded (and shared).
         self.load_wsgi()
-        self.cfg.post_worker_init(self)
+        if self.runs_hooks:
+            self.cfg.post_worker_init(self)
         self.booted = True
         self.run()
+
+    def init_signals(self) -> None:  # a worker process only: signals belong to the main thread
+        super().init_signals()
+        write_tracebacks_on_crash(self.log)  # after gunicorn's handlers: it chains to them
 
     def run(self) -> None:
         self.config.app = self.wsgi
@@ -157,7 +164,8 @@ class GilWorker(Worker):
         self.server.call_in_loop(self._interrupted)
 
     def _interrupted(self) -> None:
-        self.cfg.worker_int(self)
+        if self.runs_hooks:
+            self.cfg.worker_int(self)
         self.stop(graceful=False)
 
     def abort(self) -> None:
@@ -166,10 +174,15 @@ class GilWorker(Worker):
         is caught (uvicorn answers 500 for it and would keep serving)."""
         self._alive = False
         self.exit_status = 1
-        self.cfg.worker_abort(self)
+        if self.runs_hooks:
+            self.cfg.worker_abort(self)
         self.stop(graceful=False)
 
     # -- signals, in a worker process (the main thread) ---------------------------------------
+
+    def handle_usr1(self, sig: int, frame: Any) -> None:
+        super().handle_usr1(sig, frame)
+        write_tracebacks_on_crash(self.log)  # the log's descriptor changed
 
     def handle_exit(self, sig: int, frame: Any) -> None:
         self.stop(graceful=True)

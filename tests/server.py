@@ -19,12 +19,59 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 APPS = Path(__file__).parent / "apps"
 BIN = Path(sys.executable).parent
 GUNICORN = str(BIN / "gunicorn")
 FREE_THREADED = bool(__import__("sysconfig").get_config_var("Py_GIL_DISABLED"))
+
+
+@dataclass(frozen=True)
+class Topology:
+    """How the workers run: forked processes, threads of the master, or processes of threads."""
+
+    name: str
+    gil_mode: str
+    threads: int = 1
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def args(self) -> list[str]:
+        return ["--gil-mode", self.gil_mode, "--threads", str(self.threads)]
+
+    @property
+    def in_master(self) -> bool:
+        """Every worker is a thread of the master process."""
+        return self.gil_mode == "thread" and self.threads == 1
+
+    @property
+    def loop_threads(self) -> bool:
+        """Requests are served by gilworker's event-loop threads (not a process's main thread)."""
+        return self.gil_mode == "thread"
+
+    @property
+    def start_line(self) -> str:
+        """What the master's start-up line says of this topology (2 workers)."""
+        if self.threads > 1:
+            return f"running 2 worker processes of {self.threads} threads each"
+        return "running workers as " + (
+            "threads in one process" if self.in_master else "forked processes"
+        )
+
+    @property
+    def worker_kind(self) -> str:
+        """What gunicorn's hooks and gunicornc see as a worker: `worker.gil_mode`."""
+        return "thread" if self.in_master else "process"
+
+
+PROCESSES = Topology("processes", "process")
+THREADS = Topology("threads", "thread")
+PROCESSES_OF_THREADS = Topology("processes_of_threads", "thread", threads=2)
+TOPOLOGIES = [PROCESSES, THREADS, PROCESSES_OF_THREADS]
 
 
 def free_port() -> int:
@@ -167,15 +214,15 @@ class Master:
 
     def children(self) -> list[int]:
         """Child processes of the master (forked workers)."""
-        found = []
-        for task in Path(f"/proc/{self.pid}/task").iterdir():
-            with contextlib.suppress(FileNotFoundError):
-                found += [int(p) for p in (task / "children").read_text().split()]
-        return found
+        return children_of(self.pid)
 
     def os_threads(self) -> list[str]:
-        """The OS threads of the master."""
-        return [task.name for task in Path(f"/proc/{self.pid}/task").iterdir()]
+        """The names of the master's OS threads."""
+        return os_threads(self.pid)
+
+    def worker_pids(self, topology: Topology) -> list[int]:
+        """The processes that serve requests: the master itself, or its children."""
+        return [self.pid] if topology.in_master else self.children()
 
     def stop(self) -> None:
         """Kill the whole session group, whatever state it is in, and reap the master."""
@@ -184,6 +231,21 @@ class Master:
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.proc.wait(10)
         self._log.close()
+
+
+def children_of(pid: int) -> list[int]:
+    """Child processes of `pid` (every thread of it may have forked some)."""
+    found = []
+    with contextlib.suppress(FileNotFoundError):
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            with contextlib.suppress(FileNotFoundError):
+                found += [int(p) for p in (task / "children").read_text().split()]
+    return found
+
+
+def os_threads(pid: int) -> list[str]:
+    """The names of the OS threads of process `pid`."""
+    return [(task / "comm").read_text().strip() for task in Path(f"/proc/{pid}/task").iterdir()]
 
 
 class Launcher:
@@ -205,6 +267,7 @@ class Launcher:
         *args: str,
         app: str = "plain_app:app",
         mode: str | None = None,
+        topology: Topology | None = None,
         workers: int = 2,
         worker_class: str | None = "gilworker",
         bind: list[str] | None = None,
@@ -225,12 +288,17 @@ class Launcher:
             argv += ["-w", str(workers)]
         if mode:
             argv += ["--gil-mode", mode]
+        if topology:
+            argv += topology.args
         for b in bind if bind is not None else [f"127.0.0.1:{self.port}"]:
             argv += ["-b", b]
         argv += list(args)
         if app:
             argv.append(app)
-        return self.run(argv, env=env, cwd=cwd, ready=ready, workers=workers, **popen)
+        loops = topology.threads if topology else 1
+        return self.run(
+            argv, env=env, cwd=cwd, ready=ready, workers=workers, loops_per_worker=loops, **popen
+        )
 
     def run(
         self,
@@ -240,6 +308,7 @@ class Launcher:
         cwd: Path | None = None,
         ready: str | None = r"Application startup complete",
         workers: int = 2,
+        loops_per_worker: int = 1,
         **popen: object,
     ) -> Master:
         """Start `argv` as it is (a master of some kind) and wait until it is ready."""
@@ -251,8 +320,8 @@ class Launcher:
             **popen,
         )
         self.masters.append(master)
-        if ready:  # every worker has run its lifespan startup
-            master.wait_log(ready, count=max(workers, 1))
+        if ready:  # every worker (every loop thread) has run its lifespan startup
+            master.wait_log(ready, count=max(workers, 1) * loops_per_worker)
         return master
 
     def hooks(self) -> list[dict]:

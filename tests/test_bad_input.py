@@ -30,7 +30,7 @@ def status_of(reply: bytes) -> int | None:
 
 
 @pytest.fixture
-def server(gunicorn, mode):
+def server(gunicorn, topology):
     master = gunicorn.start(
         "--header-timeout",
         "1",
@@ -40,7 +40,7 @@ def server(gunicorn, mode):
         "20",
         "--limit-request-line",
         "512",
-        mode=mode,
+        topology=topology,
         workers=2,
     )
     return gunicorn, master
@@ -151,9 +151,9 @@ def fd_count(pids: list[int]) -> int:
     return sum(len(os.listdir(f"/proc/{pid}/fd")) for pid in pids)
 
 
-def test_a_thousand_bad_connections_leak_no_fd(server, mode):
+def test_a_thousand_bad_connections_leak_no_fd(server, topology):
     gunicorn, master = server
-    pids = [master.pid] if mode == "thread" else master.children()
+    pids = master.worker_pids(topology)
     request(gunicorn.port)
     before = fd_count(pids)
     kinds = [
@@ -168,4 +168,4 @@ def test_a_thousand_bad_connections_leak_no_fd(server, mode):
         exchange(gunicorn.port, data, close_early=close_early)
     assert request(gunicorn.port).status == 200
     wait_for(lambda: fd_count(pids) <= before + 2, 10, "the fd count to settle")
-    print(f"fds ({mode}): {before} before, {fd_count(pids)} after 1000 bad connections")
+    print(f"fds ({topology}): {before} before, {fd_count(pids)} after 1000 bad connections")

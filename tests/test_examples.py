@@ -11,9 +11,14 @@ from websockets.sync.client import connect
 EXAMPLES = Path(__file__).parent.parent / "examples"
 
 
-def test_starlette_example_with_its_conf_file(gunicorn, mode, tmp_path):
+def test_starlette_example_with_its_conf_file(gunicorn, topology, tmp_path):
     worker_dir = tmp_path / "workers"
-    env = gunicorn.env(GIL_MODE=mode, WORKERS="3", WORKER_DIR=str(worker_dir))
+    env = gunicorn.env(
+        GIL_MODE=topology.gil_mode,
+        THREADS=str(topology.threads),
+        WORKERS="3",
+        WORKER_DIR=str(worker_dir),
+    )
     env["BIND"] = "127.0.0.1:1"  # the launcher's -b wins over the conf file's bind
     env["PYTHONPATH"] = str(EXAMPLES)
     master = gunicorn.start(
@@ -30,23 +35,23 @@ def test_starlette_example_with_its_conf_file(gunicorn, mode, tmp_path):
         20,
         "a marker file per worker",
     )
-    assert {f.read_text() for f in files} == {mode}
+    assert {f.read_text() for f in files} == {topology.worker_kind}
     for _ in range(10):
         body = request(gunicorn.port).json()
         assert body["db"] == "ok"
     with connect(f"ws://127.0.0.1:{gunicorn.port}/ws", open_timeout=10) as ws:
         ws.send("hi")
         assert ws.recv(timeout=10).endswith(": hi")
-    assert f"started as a {mode}" in master.log
+    assert f"started as a {topology.worker_kind}" in master.log
     master.signal(signal.SIGTERM)
     assert master.wait() == 0
     assert list(worker_dir.iterdir()) == []  # worker_exit ran for every worker
 
 
-def test_hello_example(gunicorn, mode):
+def test_hello_example(gunicorn, topology):
     env = gunicorn.env(PYTHONPATH=str(EXAMPLES))
-    gunicorn.start(app="hello:app", mode=mode, env=env)
+    gunicorn.start(app="hello:app", topology=topology, env=env)
     body = request(gunicorn.port).json()
     assert body["hello"] == "world"
     assert body["gil"] == ("off" if FREE_THREADED else "on")
-    assert body["worker"].startswith("gilworker-" if mode == "thread" else "MainThread")
+    assert body["worker"].startswith("gilworker-" if topology.loop_threads else "MainThread")

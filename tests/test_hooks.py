@@ -1,4 +1,8 @@
-"""Every server hook gunicorn calls for a worker, called the same way in both modes."""
+"""Every server hook gunicorn calls for a worker, called the same way in every topology.
+
+With `-w P --threads N` the hooks are the process's, once per worker process, as gunicorn's
+gthread worker runs them: its event-loop threads are not workers to the hooks (a thread that
+dies is replaced inside the process without a hook)."""
 
 from __future__ import annotations
 
@@ -15,8 +19,8 @@ def per_worker(entries: list[dict], hook: str) -> list[dict]:
     return [e for e in entries if e["hook"] == hook]
 
 
-def test_full_lifecycle_calls_each_hook_once_per_worker(gunicorn, mode):
-    master = gunicorn.start(*HOOKS, mode=mode, workers=2)
+def test_full_lifecycle_calls_each_hook_once_per_worker(gunicorn, topology):
+    master = gunicorn.start(*HOOKS, topology=topology, workers=2)
     assert request(gunicorn.port).status == 200
     master.signal(signal.SIGTERM)
     assert master.wait() == 0
@@ -37,12 +41,12 @@ def test_full_lifecycle_calls_each_hook_once_per_worker(gunicorn, mode):
     changed = per_worker(entries, "nworkers_changed")[0]
     assert (changed["old"], changed["new"]) == (None, 2)
     for hook in ("post_fork", "post_worker_init", "worker_exit", "child_exit"):
-        assert {e["mode"] for e in per_worker(entries, hook)} == {mode}, hook
+        assert {e["mode"] for e in per_worker(entries, hook)} == {topology.worker_kind}, hook
     workers = {e["worker"] for e in per_worker(entries, "post_worker_init")}
     assert len(workers) == 2
     for hook in ("worker_exit", "child_exit"):
         assert {e["worker"] for e in per_worker(entries, hook)} == workers
-    if mode == "thread":
+    if topology.in_master:
         assert all(w > THREAD_ID_BASE for w in workers)
         for e in per_worker(entries, "post_fork") + per_worker(entries, "worker_exit"):
             assert e["pid"] == master.pid and e["thread"].startswith("gilworker-")
@@ -50,6 +54,7 @@ def test_full_lifecycle_calls_each_hook_once_per_worker(gunicorn, mode):
         assert all(w < THREAD_ID_BASE for w in workers)
         for e in per_worker(entries, "post_worker_init") + per_worker(entries, "worker_exit"):
             assert e["pid"] == e["worker"] != master.pid
+            assert e["thread"] == "MainThread"  # the process's, not one of its loop threads
     # the master-side hooks run in the master's main thread, in both modes
     for hook in ("on_starting", "when_ready", "pre_fork", "child_exit", "on_exit"):
         assert all(
@@ -59,8 +64,8 @@ def test_full_lifecycle_calls_each_hook_once_per_worker(gunicorn, mode):
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGQUIT])
-def test_quick_stop_calls_worker_int_in_each_worker(gunicorn, mode, sig):
-    master = gunicorn.start(*HOOKS, mode=mode, workers=2)
+def test_quick_stop_calls_worker_int_in_each_worker(gunicorn, topology, sig):
+    master = gunicorn.start(*HOOKS, topology=topology, workers=2)
     master.signal(sig)
     assert master.wait() == 0
     counts = gunicorn.hook_counts()
@@ -68,13 +73,13 @@ def test_quick_stop_calls_worker_int_in_each_worker(gunicorn, mode, sig):
     assert counts["worker_exit"] == 2
     assert counts["on_exit"] == 1
     entries = per_worker(gunicorn.hooks(), "worker_int")
-    assert {e["mode"] for e in entries} == {mode}
-    if mode == "thread":  # on the worker's own thread, as a process runs it in itself
+    assert {e["mode"] for e in entries} == {topology.worker_kind}
+    if topology.in_master:  # on the worker's own thread, as a process runs it in itself
         assert all(e["thread"].startswith("gilworker-") for e in entries)
 
 
-def test_ttin_and_ttou_change_the_worker_count(gunicorn, mode):
-    master = gunicorn.start(*HOOKS, mode=mode, workers=2)
+def test_ttin_and_ttou_change_the_worker_count(gunicorn, topology):
+    master = gunicorn.start(*HOOKS, topology=topology, workers=2)
     master.signal(signal.SIGTTIN)
     wait_for(lambda: gunicorn.hook_counts().get("post_worker_init") == 3, 20, "a third worker")
     master.signal(signal.SIGTTOU)
@@ -87,8 +92,8 @@ def test_ttin_and_ttou_change_the_worker_count(gunicorn, mode):
     assert request(gunicorn.port).status == 200
 
 
-def test_timeout_aborts_a_stuck_worker_and_replaces_it(gunicorn, mode):
-    master = gunicorn.start(*HOOKS, "--timeout", "3", mode=mode, workers=1)
+def test_timeout_aborts_a_stuck_worker_and_replaces_it(gunicorn, topology):
+    master = gunicorn.start(*HOOKS, "--timeout", "3", topology=topology, workers=1)
     background_request(gunicorn.port, "/block?s=30", timeout=40)
     master.wait_log(r"WORKER TIMEOUT", timeout=20)
     wait_for(lambda: gunicorn.hook_counts().get("post_worker_init") == 2, 20, "a new worker")
@@ -96,5 +101,5 @@ def test_timeout_aborts_a_stuck_worker_and_replaces_it(gunicorn, mode):
     counts = gunicorn.hook_counts()
     assert counts["worker_abort"] == 1
     abort = per_worker(gunicorn.hooks(), "worker_abort")[0]
-    assert abort["mode"] == mode and abort["age"] == 1
+    assert abort["mode"] == topology.worker_kind and abort["age"] == 1
     wait_for(lambda: gunicorn.hook_counts().get("child_exit") == 1, 10, "the stuck one reaped")

@@ -71,3 +71,35 @@ def test_validate_gil_mode(value, expected):
 def test_validate_gil_mode_refuses(value):
     with pytest.raises(ValueError, match=r"^gil_mode must be one of auto, thread, process; got "):
         validate_gil_mode(value)
+
+
+@pytest.mark.parametrize(
+    ("requested", "free_threaded", "gil_on", "topology", "ignored"),
+    [
+        ("auto", True, False, "processes_of_threads", ""),
+        ("thread", False, True, "processes_of_threads", ""),  # honoured on a GIL build too
+        ("auto", False, True, "processes", "with the GIL on, threads of one process would"),
+        ("auto", True, True, "processes", "with the GIL on, threads of one process would"),
+        ("process", True, False, "processes", "--gil-mode process runs one event loop per"),
+    ],
+)
+def test_threads_per_process(requested, free_threaded, gil_on, topology, ignored):
+    decision = decide(requested, free_threaded, gil_on, threads=4, workers=2)
+    assert decision.topology == topology
+    if topology == "processes_of_threads":
+        assert decision.threads == 4
+        assert decision.message.startswith(
+            "gilworker: running 2 worker processes of 4 threads each ("
+        )
+    else:
+        assert decision.threads == 1
+        assert f"; --threads 4 is ignored: {ignored}" in decision.message
+
+
+def test_one_thread_per_process_keeps_the_threads_in_the_master():
+    decision = decide("auto", True, False, threads=1, workers=8)
+    assert (decision.topology, decision.ignored) == ("threads", "")
+    assert decision.message == (
+        "gilworker: running workers as threads in one process "
+        "(gil_mode auto, free-threaded build, GIL off after importing the app)"
+    )

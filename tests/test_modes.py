@@ -144,7 +144,7 @@ def test_gil_reenabled_branch_with_a_mocked_interpreter(mocker, tmp_path):
     warning = mocker.spy(arbiter.log, "warning")
 
     with pytest.warns(RuntimeWarning, match="fakemod"):  # still shown to the user
-        decision = arbiter.choose_mode()
+        decision = arbiter.topology().decision
 
     load.assert_called_once()
     assert decision.mode == "process" and decision.forced
@@ -163,8 +163,8 @@ def warn_gil() -> None:
     )
 
 
-def test_sigterm_after_mode_choice_exits_zero(gunicorn, mode):
-    master = gunicorn.start(mode=mode)
+def test_sigterm_after_mode_choice_exits_zero(gunicorn, topology):
+    master = gunicorn.start(topology=topology)
     master.signal(signal.SIGTERM)
     assert master.wait() == 0
 
@@ -193,7 +193,10 @@ def test_gil_coming_back_at_run_time_is_reported_once(mocker):
 
 
 @pytest.mark.skipif(not FREE_THREADED, reason="a GIL build has no GIL to re-enable")
-def test_a_lazy_import_that_enables_the_gil_is_reported(gunicorn, tmp_path):
+@pytest.mark.parametrize("threads", [1, 2])
+def test_a_lazy_import_that_enables_the_gil_is_reported(gunicorn, tmp_path, threads):
+    """Threads in the master: the master notices. A worker process of threads notices its own
+    GIL, logs it, and reports it to the master through its thread table."""
     import json
 
     from test_signals import ctl
@@ -207,8 +210,12 @@ def test_a_lazy_import_that_enables_the_gil_is_reported(gunicorn, tmp_path):
         "    await plain(scope, receive, send)\n"
     )
     env = gunicorn.env(PYTHONPATH=f"{tmp_path}:{gunicorn.env()['PYTHONPATH']}")
-    master = gunicorn.start(mode="auto", app="lazy_app:app", env=env)
-    assert "running workers as threads" in master.log
+    workers = 2 if threads == 1 else 1  # one process: every request reaches the same GIL
+    master = gunicorn.start(
+        "--threads", str(threads), mode="auto", app="lazy_app:app", env=env, workers=workers
+    )
+    master.wait_log("Application startup complete", count=2)
+    assert "running workers as threads" in master.log or "of 2 threads each" in master.log
     assert json.loads(ctl(gunicorn, "show stats"))["gil_enabled"] is False
     assert request(gunicorn.port, "/gil").status == 200
     master.wait_log(
@@ -216,6 +223,39 @@ def test_a_lazy_import_that_enables_the_gil_is_reported(gunicorn, tmp_path):
         r"'gilmod' re-enabled the GIL\)"
     )
     stats = json.loads(ctl(gunicorn, "show stats"))
-    assert stats["gil_enabled"] is True and "gilmod" in stats["gil_cause"]
+    assert stats["gil_enabled"] is True
+    if threads == 1:  # a worker process names the cause in its own log line (above)
+        assert "gilmod" in stats["gil_cause"]
     request(gunicorn.port, "/gil")
     assert master.log_count("the GIL was re-enabled at run time") == 1
+
+
+def test_threads_per_worker_process_where_threads_apply(gunicorn):
+    """`--threads 3` under gil_mode auto: worker processes of 3 loop threads where the GIL is
+    off; on a GIL build one loop per process, and the start-up line says why."""
+    master = gunicorn.start("--threads", "3", mode="auto", workers=2)
+    master.wait_log("Application startup complete", count=6 if FREE_THREADED else 2)
+    assert len(master.children()) == 2
+    if FREE_THREADED:
+        assert (
+            "[INFO] gilworker: running 2 worker processes of 3 threads each (gil_mode auto, "
+            "free-threaded build, GIL off after importing the app)"
+        ) in master.log
+        threads = {request(gunicorn.port).json()["thread"] for _ in range(30)}
+        assert all(t.startswith("gilworker-1000000") for t in threads)
+    else:
+        assert (
+            "[INFO] gilworker: running workers as forked processes (gil_mode auto, GIL build); "
+            "--threads 3 is ignored: with the GIL on, threads of one process would share it, so "
+            "each worker process runs one event loop (--gil-mode thread honours it)"
+        ) in master.log
+        assert master.log_count("Application startup complete") == 2
+        assert {request(gunicorn.port).json()["thread"] for _ in range(10)} == {"MainThread"}
+
+
+def test_gil_mode_thread_honours_threads_on_any_build(gunicorn):
+    master = gunicorn.start("--threads", "2", mode="thread", workers=2, ready=None)
+    master.wait_log("Application startup complete", count=4)
+    forced = "WARNING" if not FREE_THREADED else "INFO"
+    assert f"[{forced}] gilworker: running 2 worker processes of 2 threads each" in master.log
+    assert len(master.children()) == 2

@@ -23,40 +23,40 @@ def test_every_gilworker_setting_is_in_help_with_one_line():
         assert f"{flag} {meta} {summary}" in text, flag
 
 
-def test_worker_lines_say_thread_or_process_and_the_id(gunicorn, mode):
-    master = gunicorn.start(mode=mode, workers=2)
-    if mode == "thread":
-        assert master.log_count(r"Booting worker thread with id: 1000000[12]\n") == 2
-    else:
-        assert master.log_count(r"Booting worker with pid: \d+\n") == 2
+def test_worker_lines_say_thread_or_process_and_the_id(gunicorn, topology):
+    master = gunicorn.start(topology=topology, workers=2)
+    processes = 0 if topology.in_master else 2
+    threads = 2 * topology.threads if topology.loop_threads else 0
+    assert master.log_count(r"Booting worker with pid: \d+\n") == processes
+    assert master.log_count(r"Booting worker thread with id: 1000000[12]\n") == threads
     master.signal(15)
     assert master.wait() == 0
-    pattern = (
-        r"Worker exiting \(thread id: 1000000\d\)"
-        if mode == "thread"
-        else (r"Worker exiting \(pid: \d+\)")
-    )
-    assert master.log_count(pattern) == 2
+    assert master.log_count(r"Worker exiting \(pid: \d+\)") == processes
+    assert master.log_count(r"Worker exiting \(thread id: 1000000\d\)") == threads
 
 
-def test_statsd_metrics(gunicorn, mode):
+def test_statsd_metrics(gunicorn, topology):
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as statsd:
         statsd.bind(("127.0.0.1", 0))
         statsd.settimeout(0.2)
         port = statsd.getsockname()[1]
-        gunicorn.start("--statsd-host", f"127.0.0.1:{port}", mode=mode, workers=2)
+        gunicorn.start("--statsd-host", f"127.0.0.1:{port}", topology=topology, workers=2)
         assert request(gunicorn.port, "/crash").status == 200
         received: list[str] = []
+        # a loop thread of a worker process is replaced inside its process, which counts it
+        kind = "thread" if topology.threads > 1 else "worker"
+        crashed = f"gilworker.{kind}_crashes:1|c"
 
-        def collect() -> bool:
+        def collect() -> list[str]:
             with contextlib.suppress(TimeoutError):
                 received.extend(statsd.recv(65536).decode().splitlines())
-            return any(m.startswith("gilworker.worker_crashes:1|c") for m in received)
+            return received
 
-        wait_for(collect, 20, "the crash counter")
+        wait_for(lambda: any(m.startswith(crashed) for m in collect()), 20, crashed)
         deadline = time.monotonic() + 2
         while time.monotonic() < deadline:  # the workers gauge follows the respawn
             collect()
     assert "gunicorn.workers:2|g" in received
-    if mode == "thread":
+    assert f"gilworker.event_loops:{2 * topology.threads}|g" in received
+    if topology.loop_threads:
         assert f"gilworker.gil_enabled:{0 if FREE_THREADED else 1}|g" in received

@@ -18,7 +18,7 @@ def test_privileges_are_dropped_once_for_the_process_before_workers_start(mocker
     arbiter.cfg.set("user", "65534")
     arbiter.cfg.set("group", "65534")
     drop = mocker.patch.object(util, "set_owner_process")
-    started = mocker.patch("gunicorn_gilworker.arbiter.ThreadWorker.start")
+    started = mocker.patch("gunicorn_gilworker.supervision.WorkerThread.start")
     order = mocker.Mock()
     order.attach_mock(drop, "drop")
     order.attach_mock(started, "start")
@@ -39,7 +39,7 @@ def test_privileges_that_cannot_be_dropped_halt_with_a_clear_reason(mocker, tmp_
         util, "set_owner_process", side_effect=PermissionError(1, "Operation not permitted")
     )
     with pytest.raises(HaltServer) as halted:
-        arbiter.choose_mode()
+        arbiter.topology()
     assert halted.value.reason == (
         "thread mode cannot switch to user/group: [Errno 1] Operation not permitted"
     )
@@ -56,15 +56,15 @@ def masters_in(log: str) -> list[int]:
     return [int(pid) for pid in re.findall(r"\[(\d+)\] \[INFO\] Starting gunicorn", log)]
 
 
-def test_usr2_re_executes_a_new_master_and_the_old_one_drains(gunicorn, mode):
-    old = gunicorn.start(mode=mode, workers=2)
+def test_usr2_re_executes_a_new_master_and_the_old_one_drains(gunicorn, topology):
+    old = gunicorn.start(topology=topology, workers=2)
     old.signal(signal.SIGUSR2)
     wait_for(lambda: len(masters_in(old.log)) == 2, 30, "a second master")
     new_pid = masters_in(old.log)[1]
     assert new_pid != old.pid
-    old.wait_log(r"Application startup complete", count=4)  # the new master's workers too
-    mode_lines = re.findall(r"running workers as (threads|forked)", old.log)
-    assert mode_lines == [mode_lines[0]] * 2  # the new master chose the same mode
+    loops = 2 * topology.threads
+    old.wait_log(r"Application startup complete", count=2 * loops)  # the new master's too
+    assert old.log_count(topology.start_line) == 2  # the new master chose the same topology
 
     old.signal(signal.SIGTERM)  # drain the old master, as gunicorn documents
     assert old.wait() == 0
@@ -84,11 +84,11 @@ def ids(pid: int, field: str) -> list[int]:
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="switching groups needs root")
-def test_group_is_switched_for_the_whole_process_in_thread_mode(gunicorn, mode):
+def test_group_is_switched_for_the_whole_process_in_thread_mode(gunicorn, topology):
     """A real switch: the group only (the interpreter under /root stays readable to root)."""
-    master = gunicorn.start("--group", "65534", mode=mode, workers=2)
+    master = gunicorn.start("--group", "65534", topology=topology, workers=2)
     assert request(gunicorn.port).status == 200
-    if mode == "thread":
+    if topology.in_master:
         assert ids(master.pid, "Gid") == [65534] * 4  # once, for every thread of the process
     else:
         assert ids(master.pid, "Gid") == [0] * 4  # gunicorn switches each child

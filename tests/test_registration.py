@@ -13,26 +13,31 @@ from server import GUNICORN, request
     "worker_class",
     ["gilworker", "gunicorn_gilworker.GilWorker", "egg:gunicorn-gilworker#gilworker"],
 )
-def test_worker_class_names_on_the_command_line(gunicorn, mode, worker_class):
-    master = gunicorn.start(mode=mode, worker_class=worker_class)
+def test_worker_class_names_on_the_command_line(gunicorn, topology, worker_class):
+    master = gunicorn.start(topology=topology, worker_class=worker_class)
     assert request(gunicorn.port).status == 200
     assert f"Using worker: {worker_class}" in master.log
-    assert f"running workers as {'threads' if mode == 'thread' else 'forked'}" in master.log
+    assert topology.start_line in master.log
 
 
-def test_worker_class_from_a_conf_file(gunicorn, mode, tmp_path):
+def test_worker_class_from_a_conf_file(gunicorn, topology, tmp_path):
     conf = tmp_path / "gunicorn.conf.py"
-    conf.write_text(f"worker_class = 'gilworker'\ngil_mode = {mode!r}\n")
+    conf.write_text(
+        f"worker_class = 'gilworker'\ngil_mode = {topology.gil_mode!r}\n"
+        f"threads = {topology.threads}\n"
+    )
     master = gunicorn.start("-c", str(conf), worker_class=None)
     assert request(gunicorn.port).status == 200
     assert "Using worker: gilworker" in master.log
+    assert topology.start_line in master.log
 
 
-def test_worker_class_from_gunicorn_cmd_args(gunicorn, mode):
-    env = gunicorn.env(GUNICORN_CMD_ARGS=f"-k gilworker --gil-mode {mode}")
+def test_worker_class_from_gunicorn_cmd_args(gunicorn, topology):
+    env = gunicorn.env(GUNICORN_CMD_ARGS=" ".join(["-k", "gilworker", *topology.args]))
     master = gunicorn.start(worker_class=None, env=env)
     assert request(gunicorn.port).status == 200
     assert "Using worker: gilworker" in master.log
+    assert topology.start_line in master.log
 
 
 def test_other_worker_classes_keep_gunicorns_arbiter(gunicorn):

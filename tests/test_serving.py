@@ -12,8 +12,8 @@ from server import APPS, GUNICORN, free_port, request
 from websockets.sync.client import connect, unix_connect
 
 
-def test_keep_alive_reuses_one_connection(gunicorn, mode):
-    gunicorn.start(mode=mode)
+def test_keep_alive_reuses_one_connection(gunicorn, topology):
+    gunicorn.start(topology=topology)
     conn = http.client.HTTPConnection("127.0.0.1", gunicorn.port, timeout=10)
     try:
         first = request(conn=conn)
@@ -26,24 +26,24 @@ def test_keep_alive_reuses_one_connection(gunicorn, mode):
     assert len({a.json()["thread"] for a in answers}) == 1
 
 
-def test_asgi2_app_is_served(gunicorn, mode):
-    gunicorn.start(app="asgi2_app:app", mode=mode)
+def test_asgi2_app_is_served(gunicorn, topology):
+    gunicorn.start(app="asgi2_app:app", topology=topology)
     resp = request(gunicorn.port, "/two")
     assert (resp.status, resp.body) == (200, b"asgi2 /two")
 
 
-def test_streaming_response_arrives_in_chunks(gunicorn, mode):
-    gunicorn.start(mode=mode)
+def test_streaming_response_arrives_in_chunks(gunicorn, topology):
+    gunicorn.start(topology=topology)
     resp = request(gunicorn.port, "/stream?n=20&delay=0.005")
     assert resp.status == 200
     assert resp.headers.get("transfer-encoding") == "chunked"
     assert resp.body == b"".join(b"chunk%d\n" % i for i in range(20))
 
 
-def test_a_head_goes_out_before_a_late_body(gunicorn, mode):
+def test_a_head_goes_out_before_a_late_body(gunicorn, topology):
     # gilworker joins a response's head to its body when the app sends both in one step; a
     # head whose body is not ready must still reach the client at once.
-    gunicorn.start(mode=mode)
+    gunicorn.start(topology=topology)
     conn = http.client.HTTPConnection("127.0.0.1", gunicorn.port, timeout=10)
     try:
         conn.request("GET", "/head-first?s=3")
@@ -58,10 +58,10 @@ def test_a_head_goes_out_before_a_late_body(gunicorn, mode):
 
 
 @pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
-def test_gunicorns_asgi_loop_setting_picks_the_loop(gunicorn, mode, loop):
+def test_gunicorns_asgi_loop_setting_picks_the_loop(gunicorn, topology, loop):
     # The loop's transport is the one the response's head and body are joined on: plain,
     # streamed and WebSocket answers on both.
-    gunicorn.start("--asgi-loop", loop, mode=mode)
+    gunicorn.start("--asgi-loop", loop, topology=topology)
     conn = http.client.HTTPConnection("127.0.0.1", gunicorn.port, timeout=10)
     try:
         answers = [request(conn=conn) for _ in range(3)]
@@ -75,34 +75,34 @@ def test_gunicorns_asgi_loop_setting_picks_the_loop(gunicorn, mode, loop):
         assert ws.recv(timeout=10).startswith("echo:hi:")
 
 
-def test_websocket_echo(gunicorn, mode):
-    gunicorn.start(mode=mode)
+def test_websocket_echo(gunicorn, topology):
+    gunicorn.start(topology=topology)
     with connect(f"ws://127.0.0.1:{gunicorn.port}/ws", open_timeout=10) as ws:
         for i in range(5):
             ws.send(f"hello{i}")
             reply = ws.recv(timeout=10)
             assert reply.startswith(f"echo:hello{i}:")
-    expected = "gilworker-" if mode == "thread" else "MainThread"
+    expected = "gilworker-" if topology.loop_threads else "MainThread"
     assert reply.split(":")[2].startswith(expected)
 
 
-def test_each_worker_has_its_own_lifespan_state_on_its_own_loop(gunicorn, mode):
-    master = gunicorn.start(mode=mode, workers=3)
+def test_each_worker_has_its_own_lifespan_state_on_its_own_loop(gunicorn, topology):
+    master = gunicorn.start(topology=topology, workers=3)
     answers = [request(gunicorn.port).json() for _ in range(30)]
     for a in answers:
         assert a["state_loop"] == a["loop"]  # the state made by this worker's own startup
         assert a["state_thread"] == a["thread"]
-    if mode == "thread":
+    if topology.in_master:
         # one process, one app, three lifespan runs on three loops in three threads
         assert {a["startups"] for a in answers} == {3}
         assert {a["pid"] for a in answers} == {master.pid}
-    else:
-        assert {a["startups"] for a in answers} == {1}
+    else:  # one lifespan run per loop thread of each process
+        assert {a["startups"] for a in answers} == {topology.threads}
         assert master.pid not in {a["pid"] for a in answers}
 
 
-def test_starlette_app_with_lifespan_state_streaming_and_websocket(gunicorn, mode):
-    gunicorn.start(mode=mode, app="starlette_app:app")
+def test_starlette_app_with_lifespan_state_streaming_and_websocket(gunicorn, topology):
+    gunicorn.start(topology=topology, app="starlette_app:app")
     for _ in range(10):
         body = request(gunicorn.port).json()
         assert body["state_loop"] == body["loop"] and body["state_thread"] == body["thread"]
@@ -112,19 +112,20 @@ def test_starlette_app_with_lifespan_state_streaming_and_websocket(gunicorn, mod
         assert ws.recv(timeout=10) == "starlette:hi"
 
 
-def test_nothing_process_wide_is_done_per_worker(gunicorn, mode):
-    master = gunicorn.start("-e", "GILWORKER_TEST_FLAG=on", mode=mode)
+def test_nothing_process_wide_is_done_per_worker(gunicorn, topology):
+    master = gunicorn.start("-e", "GILWORKER_TEST_FLAG=on", topology=topology)
     body = request(gunicorn.port).json()
     assert body["env_flag"] == "on"
-    if mode == "thread":
+    if topology.in_master:
         # the master's signal handlers stay in place: no worker thread replaced them
         assert body["sigterm_handler"] == "Arbiter.signal"
         assert body["pid"] == master.pid
-    else:
-        assert body["sigterm_handler"] == "GilWorker.handle_exit"
+    else:  # the worker process's own, set once by the process (not by its loop threads)
+        worker = "ThreadsProcess" if topology.threads > 1 else "GilWorker"
+        assert body["sigterm_handler"] == f"{worker}.handle_exit"
 
 
-def test_ipv6_and_several_binds(gunicorn, mode):
+def test_ipv6_and_several_binds(gunicorn, topology):
     if not socket.has_ipv6:
         pytest.skip("no IPv6 on this machine")
     try:
@@ -133,14 +134,14 @@ def test_ipv6_and_several_binds(gunicorn, mode):
     except OSError:
         pytest.skip("no IPv6 loopback on this machine")
     v4, v6 = free_port(), free_port()
-    gunicorn.start(mode=mode, bind=[f"127.0.0.1:{v4}", f"[::1]:{v6}"])
+    gunicorn.start(topology=topology, bind=[f"127.0.0.1:{v4}", f"[::1]:{v6}"])
     assert request(v4).status == 200
     assert request(v6, host="::1").status == 200
 
 
-def test_unix_socket_bind(gunicorn, mode, tmp_path):
+def test_unix_socket_bind(gunicorn, topology, tmp_path):
     path = str(tmp_path / "app.sock")
-    gunicorn.start(mode=mode, bind=[f"unix:{path}"])
+    gunicorn.start(topology=topology, bind=[f"unix:{path}"])
     for _ in range(5):
         assert request(unix=path).status == 200
     with unix_connect(path, "ws://localhost/ws", open_timeout=10) as ws:
@@ -148,8 +149,8 @@ def test_unix_socket_bind(gunicorn, mode, tmp_path):
         assert ws.recv(timeout=10).startswith("echo:u:")
 
 
-def test_reuse_port(gunicorn, mode):
-    master = gunicorn.start("--reuse-port", mode=mode)
+def test_reuse_port(gunicorn, topology):
+    master = gunicorn.start("--reuse-port", topology=topology)
     assert all(request(gunicorn.port).status == 200 for _ in range(20))
     assert "Listening at" in master.log
 
@@ -167,16 +168,16 @@ os.execv(sys.argv[2], sys.argv[2:])
 """
 
 
-def test_systemd_socket_activation(gunicorn, mode, tmp_path):
+def test_systemd_socket_activation(gunicorn, topology, tmp_path):
     port = free_port()
     command = [sys.executable, "-c", SYSTEMD_LAUNCHER, str(port), GUNICORN]
-    master = gunicorn.start(mode=mode, bind=[], command=command)
+    master = gunicorn.start(topology=topology, bind=[], command=command)
     assert request(port).status == 200
     assert f"Listening at: http://127.0.0.1:{port}" in master.log
 
 
-def test_preload_app_is_honoured(gunicorn, mode):
-    master = gunicorn.start("--preload", mode=mode)
+def test_preload_app_is_honoured(gunicorn, topology):
+    master = gunicorn.start("--preload", topology=topology)
     for body in (request(gunicorn.port).json() for _ in range(10)):
         assert body["imported_in"] == master.pid
 
@@ -194,23 +195,30 @@ def test_thread_workers_share_one_import_of_the_app(gunicorn):
     assert {b["startups"] for b in bodies} == {4}
 
 
-def test_a_custom_base_application_runs_gilworker(gunicorn, mode, tmp_path):
+def test_a_custom_base_application_runs_gilworker(gunicorn, topology, tmp_path):
     port = free_port()
     ctl = str(tmp_path / "custom.sock")
-    command = [sys.executable, str(APPS / "custom_app.py"), f"127.0.0.1:{port}", mode, ctl]
-    master = gunicorn.run(command)
+    command = [
+        sys.executable,
+        str(APPS / "custom_app.py"),
+        f"127.0.0.1:{port}",
+        topology.gil_mode,
+        str(topology.threads),
+        ctl,
+    ]
+    master = gunicorn.run(command, loops_per_worker=topology.threads)
     body = request(port).json()
-    assert (body["pid"] == master.pid) is (mode == "thread")
+    assert (body["pid"] == master.pid) is topology.in_master
     assert "Using worker: gilworker" in master.log
 
 
-def test_python_dash_m_gunicorn(gunicorn, mode):
-    master = gunicorn.start(mode=mode, command=[sys.executable, "-m", "gunicorn"])
+def test_python_dash_m_gunicorn(gunicorn, topology):
+    master = gunicorn.start(topology=topology, command=[sys.executable, "-m", "gunicorn"])
     assert request(gunicorn.port).status == 200
     assert "Using worker: gilworker" in master.log
 
 
-def test_pythonpath_and_chdir_behave_as_in_process_mode(gunicorn, mode, tmp_path):
+def test_pythonpath_and_chdir_behave_as_in_process_mode(gunicorn, topology, tmp_path):
     lib = tmp_path / "lib"
     lib.mkdir()
     (lib / "elsewhere_app.py").write_text("from plain_app import app  # noqa: F401\n")
@@ -222,13 +230,13 @@ def test_pythonpath_and_chdir_behave_as_in_process_mode(gunicorn, mode, tmp_path
         "--chdir",
         str(APPS),
         app="elsewhere_app:app",
-        mode=mode,
+        topology=topology,
         env=env,
     )
     assert request(gunicorn.port).status == 200
 
 
-def test_tls_with_gunicorns_ssl_settings(gunicorn, mode, tmp_path):
+def test_tls_with_gunicorns_ssl_settings(gunicorn, topology, tmp_path):
     import ssl
     import subprocess
 
@@ -254,7 +262,7 @@ def test_tls_with_gunicorns_ssl_settings(gunicorn, mode, tmp_path):
         capture_output=True,
         timeout=60,
     )
-    gunicorn.start("--keyfile", str(key), "--certfile", str(cert), mode=mode)
+    gunicorn.start("--keyfile", str(key), "--certfile", str(cert), topology=topology)
     context = ssl.create_default_context(cafile=str(cert))
     context.check_hostname = False
     conn = http.client.HTTPSConnection("127.0.0.1", gunicorn.port, timeout=10, context=context)

@@ -14,8 +14,8 @@ from server import BIN, background_request, request, wait_for
 THREAD_ID_BASE = 10_000_000
 
 
-def test_sigterm_finishes_in_flight_requests_and_exits_zero(gunicorn, mode):
-    master = gunicorn.start(mode=mode)
+def test_sigterm_finishes_in_flight_requests_and_exits_zero(gunicorn, topology):
+    master = gunicorn.start(topology=topology)
     client, results = background_request(gunicorn.port, "/sleep?s=1.5", timeout=20)
     time.sleep(0.5)  # the request is in flight (it takes 1.5 s)
     master.signal(signal.SIGTERM)
@@ -32,8 +32,8 @@ def test_sigterm_finishes_in_flight_requests_and_exits_zero(gunicorn, mode):
         ("plain_app:missing", 4, "App failed to load."),
     ],
 )
-def test_boot_and_app_load_errors_halt_the_master(gunicorn, mode, app, status, reason):
-    master = gunicorn.start(mode=mode, app=app, ready=None)
+def test_boot_and_app_load_errors_halt_the_master(gunicorn, topology, app, status, reason):
+    master = gunicorn.start(topology=topology, app=app, ready=None)
     assert master.wait() == status
     assert f"Reason: {reason}" in master.log
     assert "Shutting down: Master" in master.log
@@ -64,14 +64,24 @@ def ctl(gunicorn, command: str) -> str:
     return wait_for(attempt, 10, f"gunicornc {command!r}")
 
 
-def test_gunicornc_shows_and_kills_workers_without_signalling_a_process(gunicorn, mode):
-    master = gunicorn.start(mode=mode, workers=2)
+def test_gunicornc_shows_and_kills_workers_without_signalling_a_process(gunicorn, topology):
+    master = gunicorn.start(topology=topology, workers=2)
     shown = json.loads(ctl(gunicorn, "show workers"))
     ids = [w["pid"] for w in shown["workers"]]
-    assert len(ids) == 2 and {w["mode"] for w in shown["workers"]} == {mode}
+    assert len(ids) == 2 and {w["mode"] for w in shown["workers"]} == {topology.worker_kind}
     assert [w["age"] for w in shown["workers"]] == [1, 2]
     assert all(0 <= w["last_heartbeat"] < 60 for w in shown["workers"])  # gunicorn's heartbeat
-    if mode == "thread":
+    if topology.threads > 1:  # each worker process with its threads
+        for worker in shown["workers"]:
+            threads = worker["threads"]
+            assert [t["age"] for t in threads] == [1, 2]
+            assert all(t["id"] > THREAD_ID_BASE and 0 <= t["last_heartbeat"] < 60 for t in threads)
+    else:
+        assert all("threads" not in w for w in shown["workers"])
+    stats = json.loads(ctl(gunicorn, "show stats"))
+    assert stats["topology"] == topology.name
+    assert stats["event_loops"] == 2 * topology.threads
+    if topology.in_master:
         for wid in ids:
             assert wid > THREAD_ID_BASE
             with pytest.raises(ProcessLookupError):  # no process can ever have this id
@@ -91,8 +101,8 @@ def test_gunicornc_shows_and_kills_workers_without_signalling_a_process(gunicorn
     assert request(gunicorn.port).status == 200
 
 
-def test_gunicornc_worker_add_and_remove(gunicorn, mode):
-    gunicorn.start(mode=mode, workers=1)
+def test_gunicornc_worker_add_and_remove(gunicorn, topology):
+    gunicorn.start(topology=topology, workers=1)
     assert json.loads(ctl(gunicorn, "worker add 2"))["total"] == 3
     wait_for(lambda: json.loads(ctl(gunicorn, "show workers"))["count"] == 3, 20, "3 workers")
     assert json.loads(ctl(gunicorn, "worker remove 1"))["total"] == 2
@@ -100,8 +110,8 @@ def test_gunicornc_worker_add_and_remove(gunicorn, mode):
     assert request(gunicorn.port).status == 200
 
 
-def test_hup_replaces_the_workers_and_keeps_serving(gunicorn, mode):
-    master = gunicorn.start(mode=mode, workers=2)
+def test_hup_replaces_the_workers_and_keeps_serving(gunicorn, topology):
+    master = gunicorn.start(topology=topology, workers=2)
     before = {w["pid"] for w in json.loads(ctl(gunicorn, "show workers"))["workers"]}
     master.signal(signal.SIGHUP)
 
@@ -115,8 +125,8 @@ def test_hup_replaces_the_workers_and_keeps_serving(gunicorn, mode):
     assert master.wait() == 0
 
 
-def test_usr1_and_winch_leave_the_workers_serving(gunicorn, mode):
-    master = gunicorn.start(mode=mode, workers=2)
+def test_usr1_and_winch_leave_the_workers_serving(gunicorn, topology):
+    master = gunicorn.start(topology=topology, workers=2)
     master.signal(signal.SIGUSR1)
     master.signal(signal.SIGWINCH)
     master.wait_log("Handling signal: usr1")
@@ -124,8 +134,8 @@ def test_usr1_and_winch_leave_the_workers_serving(gunicorn, mode):
     assert json.loads(ctl(gunicorn, "show workers"))["count"] == 2
 
 
-def test_a_wsgi_app_is_refused_at_start_up(gunicorn, mode):
-    master = gunicorn.start(mode=mode, app="wsgi_app:app", ready=None)
+def test_a_wsgi_app_is_refused_at_start_up(gunicorn, topology):
+    master = gunicorn.start(topology=topology, app="wsgi_app:app", ready=None)
     assert master.wait() == 4
     assert "looks like a WSGI app (environ, start_response): gilworker serves ASGI apps" in (
         master.log

@@ -5,6 +5,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import re
 import signal
 import threading
 import time
@@ -29,29 +30,61 @@ def crash_one_worker(gunicorn) -> None:
     assert request(gunicorn.port, "/crash").status == 200
 
 
-def test_a_crashed_worker_is_reaped_and_replaced_others_undisturbed(gunicorn, mode):
-    gunicorn.start("-c", str(APPS / "hooks_conf.py"), mode=mode, workers=2)
+def crashes(gunicorn, topology) -> int:
+    """Crashes counted by the master (workers) or by the worker processes (their threads)."""
+    return stats(gunicorn)["thread_crashes" if topology.threads > 1 else "worker_crashes"]
+
+
+def loop_threads(gunicorn) -> list[list[int]]:
+    """The ids of each worker process's loop threads, as gunicornc shows them."""
+    workers = json.loads(ctl(gunicorn, "show workers"))["workers"]
+    return [[t["id"] for t in w.get("threads", [])] for w in workers]
+
+
+def test_a_crashed_worker_is_reaped_and_replaced_others_undisturbed(gunicorn, topology):
+    gunicorn.start("-c", str(APPS / "hooks_conf.py"), topology=topology, workers=2)
     before = worker_ids(gunicorn)
+    threads_before = loop_threads(gunicorn)
     crash_one_worker(gunicorn)
-    wait_for(lambda: gunicorn.hook_counts().get("child_exit") == 1, 10, "the crashed one reaped")
-    wait_for(lambda: len(set(worker_ids(gunicorn)) - set(before)) == 1, 10, "a replacement")
-    after = worker_ids(gunicorn)
-    assert len(after) == 2 and len(set(after) & set(before)) == 1  # the other one still serves
-    assert stats(gunicorn)["worker_crashes"] == 1
+    if topology.threads > 1:  # a loop thread, replaced inside its process: no worker is lost
+        wait_for(lambda: crashes(gunicorn, topology) == 1, 10, "the crash counted")
+        wait_for(lambda: all(len(t) == 2 for t in loop_threads(gunicorn)), 10, "a new thread")
+        after = loop_threads(gunicorn)
+        changed = [set(a) ^ set(b) for a, b in zip(threads_before, after, strict=True)]
+        assert sorted(len(c) for c in changed) == [0, 2]  # one thread of one process replaced
+        assert worker_ids(gunicorn) == before
+        assert "child_exit" not in gunicorn.hook_counts()
+    else:
+        wait_for(lambda: gunicorn.hook_counts().get("child_exit") == 1, 10, "the crashed one")
+        wait_for(lambda: len(set(worker_ids(gunicorn)) - set(before)) == 1, 10, "a replacement")
+        after = worker_ids(gunicorn)
+        assert len(after) == 2 and len(set(after) & set(before)) == 1  # the other one serves
+        assert stats(gunicorn)["worker_crashes"] == 1
     assert all(request(gunicorn.port).status == 200 for _ in range(10))
 
 
-def test_a_crash_loop_backs_off_instead_of_spinning(gunicorn, mode):
-    master = gunicorn.start("--max-restarts", "2", "--restart-window", "60", mode=mode, workers=1)
-    for crashes in range(1, 6):
+def test_a_crash_loop_backs_off_instead_of_spinning(gunicorn, topology):
+    master = gunicorn.start(
+        "--max-restarts", "2", "--restart-window", "60", topology=topology, workers=1
+    )
+    # Each slot's crashes past the budget of 2 wait 0.1 s, then doubling, each logged. With
+    # loop threads in a worker process the crashes spread over its thread slots: crash on
+    # until one slot has reached 0.4 s (one slot: 5 crashes; two: at most 9).
+    for count in range(1, 13):
         wait_for(lambda: _serves(gunicorn), 20, "a worker to serve")
         crash_one_worker(gunicorn)
-        wait_for(lambda c=crashes: stats(gunicorn)["worker_crashes"] == c, 10, f"crash {crashes}")
-    # crashes 3, 4 and 5 are past the budget of 2: 0.1 s, then doubling, each logged
-    master.wait_log(r"next start in 0\.1s")
-    master.wait_log(r"next start in 0\.2s")
-    master.wait_log(r"next start in 0\.4s")
-    assert master.log_count(r"next start in") == 3
+        wait_for(lambda c=count: crashes(gunicorn, topology) == c, 10, f"crash {count}")
+        if master.log_count(r"next start in 0\.4s"):
+            break
+    backoffs: dict[str, list[str]] = {}
+    for slot, delay in re.findall(
+        r"Worker slot (\d+) crashed .* next start in ([\d.]+)s", master.log
+    ):
+        backoffs.setdefault(slot, []).append(delay)
+    assert ["0.1", "0.2", "0.4"] in backoffs.values()
+    assert all(d == ["0.1", "0.2", "0.4"][: len(d)] for d in backoffs.values()), backoffs
+    if topology.threads == 1:
+        assert count == 5
     wait_for(lambda: _serves(gunicorn), 20, "the slot to serve again")
     assert master.proc.poll() is None  # runtime crashes never stop the master
 
@@ -76,10 +109,10 @@ def test_bad_budget_values_are_refused_in_one_line(gunicorn, flag, value, error)
     assert refusal(gunicorn, flag, value) == [f"Error: {error}"]
 
 
-def test_a_stuck_worker_is_replaced_at_once(gunicorn, mode):
+def test_a_stuck_worker_is_replaced_at_once(gunicorn, topology):
     """A handler that blocks its event loop past --timeout: worker_abort, and -w 1 serves
     again right after the timeout (the stuck thread is replaced, not waited for)."""
-    master = gunicorn.start("--timeout", "3", mode=mode, workers=1)
+    master = gunicorn.start("--timeout", "3", topology=topology, workers=1)
     background_request(gunicorn.port, "/block?s=30", timeout=40)
     master.wait_log(r"WORKER TIMEOUT", timeout=20)
     wait_for(lambda: _serves(gunicorn), 5, "a replacement to serve")
@@ -97,8 +130,10 @@ def test_a_thread_stuck_in_c_is_abandoned_after_graceful_timeout(gunicorn):
     assert all(request(gunicorn.port).status == 200 for _ in range(5))
 
 
-def test_max_requests_recycles_workers_without_failing_a_request(gunicorn, mode):
-    gunicorn.start("--max-requests", "10", "--max-requests-jitter", "5", mode=mode, workers=1)
+def test_max_requests_recycles_workers_without_failing_a_request(gunicorn, topology):
+    gunicorn.start(
+        "--max-requests", "10", "--max-requests-jitter", "5", topology=topology, workers=1
+    )
     served_by, failures = set(), 0
     for _ in range(100):
         try:
@@ -158,7 +193,7 @@ def write_app(path, version: int) -> None:
     os.utime(path, (later, later))
 
 
-def start_versioned(gunicorn, mode: str, tmp_path, *args: str, workers: int):
+def start_versioned(gunicorn, topology, tmp_path, *args: str, workers: int):
     """A master serving app_dir/versioned.py (version 1), a file the test rewrites."""
     code = tmp_path / "app_dir"
     code.mkdir()
@@ -169,7 +204,7 @@ def start_versioned(gunicorn, mode: str, tmp_path, *args: str, workers: int):
         "--asgi-lifespan",
         "off",
         *args,
-        mode=mode,
+        topology=topology,
         workers=workers,
         app="versioned:app",
         ready=r"Booting worker",
@@ -178,8 +213,8 @@ def start_versioned(gunicorn, mode: str, tmp_path, *args: str, workers: int):
     return master, code / "versioned.py"
 
 
-def test_hup_under_load_serves_new_code_and_fails_no_request(gunicorn, mode, tmp_path):
-    master, source = start_versioned(gunicorn, mode, tmp_path, workers=2)
+def test_hup_under_load_serves_new_code_and_fails_no_request(gunicorn, topology, tmp_path):
+    master, source = start_versioned(gunicorn, topology, tmp_path, workers=2)
     load = Load(gunicorn.port)
     try:
         wait_for(lambda: load.sent > 50, 20, "load running")
@@ -189,13 +224,13 @@ def test_hup_under_load_serves_new_code_and_fails_no_request(gunicorn, mode, tmp
         time.sleep(1)
     finally:
         load.stop()
-    print(f"HUP under load ({mode}): {load.sent} requests sent, {load.failed} failed")
+    print(f"HUP under load ({topology}): {load.sent} requests sent, {load.failed} failed")
     assert load.failed == 0
     assert {b["version"] for b in load.bodies[-20:]} == {2}
 
 
-def test_reload_on_file_change_serves_new_code(gunicorn, mode, tmp_path):
-    _, source = start_versioned(gunicorn, mode, tmp_path, "--reload", workers=1)
+def test_reload_on_file_change_serves_new_code(gunicorn, topology, tmp_path):
+    _, source = start_versioned(gunicorn, topology, tmp_path, "--reload", workers=1)
     assert request(gunicorn.port).json() == {"version": 1}
     write_app(source, 2)
     touches = iter(range(3, 1000))
@@ -215,8 +250,8 @@ def test_reload_on_file_change_serves_new_code(gunicorn, mode, tmp_path):
     wait_for(new_code, 30, "the changed file served")
 
 
-def test_sigterm_lets_streams_finish_and_closes_websockets(gunicorn, mode):
-    master = gunicorn.start(mode=mode, workers=2)
+def test_sigterm_lets_streams_finish_and_closes_websockets(gunicorn, topology):
+    master = gunicorn.start(topology=topology, workers=2)
     with connect(f"ws://127.0.0.1:{gunicorn.port}/ws", open_timeout=10) as ws:
         ws.send("before")
         assert ws.recv(timeout=10).startswith("echo:before")
@@ -232,8 +267,8 @@ def test_sigterm_lets_streams_finish_and_closes_websockets(gunicorn, mode):
     assert master.wait() == 0
 
 
-def test_sigterm_closes_keep_alive_after_the_current_response(gunicorn, mode):
-    master = gunicorn.start(mode=mode, workers=1)
+def test_sigterm_closes_keep_alive_after_the_current_response(gunicorn, topology):
+    master = gunicorn.start(topology=topology, workers=1)
     conn = http.client.HTTPConnection("127.0.0.1", gunicorn.port, timeout=10)
     try:
         assert request(conn=conn).status == 200

@@ -3,13 +3,14 @@ that it can: a worker thread that will not stop."""
 
 from __future__ import annotations
 
+import http.client
 import signal
 import threading
 import time
 
 from server import background_request, in_process_arbiter
 
-from gunicorn_gilworker.threads import THREAD_ID_BASE, ThreadWorker
+from gunicorn_gilworker.supervision import THREAD_ID_BASE, WorkerThread
 
 
 class ExitingWorker:
@@ -31,8 +32,8 @@ def test_exit_notice_comes_after_the_exit_status(mocker, tmp_path):
     arbiter = in_process_arbiter(tmp_path, mode="thread")
     seen = []
     worker = ExitingWorker(1, 0, [], None, 1, arbiter.cfg, arbiter.log)
-    handle = ThreadWorker(worker, arbiter)
-    queue = mocker.patch.object(arbiter, "SIG_QUEUE")
+    queue = mocker.Mock()
+    handle = WorkerThread(worker, queue, hook_server=arbiter)
     queue.put_nowait.side_effect = lambda sig: seen.append(
         (sig, handle.finished.is_set(), handle.exit_code)
     )
@@ -46,19 +47,19 @@ def test_a_lost_exit_notice_still_gets_the_thread_reaped_and_replaced(mocker, tm
     arbiter = in_process_arbiter(tmp_path, mode="thread")
     mocker.patch.object(arbiter, "worker_class", ExitingWorker)
     mocker.patch.object(ExitingWorker, "status", 1)  # a runtime crash, not a boot error
-    mocker.patch.object(arbiter, "SIG_QUEUE")  # the SIGCHLD notice is lost
+    mocker.patch.object(arbiter.threads, "notices")  # the SIGCHLD notice is lost
     child_exit = mocker.patch.object(arbiter.cfg.settings["child_exit"], "value")
     arbiter.num_workers = 1
     arbiter.LISTENERS = []
 
     first = arbiter.spawn_worker()
-    arbiter.threads[first].thread.join(5)
+    arbiter.threads.handles[first].thread.join(5)
     arbiter.manage_workers()  # one ordinary loop turn, no SIGCHLD
 
     assert first not in arbiter.WORKERS
     child_exit.assert_called_once()
     assert len(arbiter.WORKERS) == 1  # replaced in the same turn
-    for handle in list(arbiter.threads.values()):
+    for handle in list(arbiter.threads.handles.values()):
         handle.thread.join(5)
 
 
@@ -71,21 +72,21 @@ def test_a_thread_that_cannot_start_leaves_no_phantom_worker(mocker, tmp_path):
     arbiter.LISTENERS = []
 
     assert arbiter.spawn_worker() is None
-    assert arbiter.WORKERS == {} and arbiter.threads == {}
+    assert arbiter.WORKERS == {} and len(arbiter.threads) == 0
     assert "can't start new thread" in str(error.call_args)
 
 
-def test_a_worker_that_ignores_the_stop_does_not_keep_the_server_alive(gunicorn, mode):
+def test_a_worker_that_ignores_the_stop_does_not_keep_the_server_alive(gunicorn, topology):
     """A handler stuck in one long C call (time.sleep) cannot see a stop or an exception: the
-    master still exits once graceful_timeout has passed."""
-    master = gunicorn.start("--graceful-timeout", "2", mode=mode, workers=1)
-    background_request(gunicorn.port, "/csleep?s=60", timeout=70)
-    time.sleep(0.5)
-    started = time.monotonic()
+    master still exits once graceful_timeout has passed, cutting that request off."""
+    master = gunicorn.start("--graceful-timeout", "2", topology=topology, workers=1)
+    client, outcome = background_request(gunicorn.port, "/csleep?s=60", timeout=70)
+    master.wait_log(r"csleep started in \d+")  # the request is in the C call
     master.signal(signal.SIGTERM)
-    master.wait(timeout=20)
-    assert time.monotonic() - started < 10
+    assert master.wait(timeout=30) == 0
     assert "Shutting down: Master" in master.log
+    client.join(10)
+    assert outcome and isinstance(outcome[0], OSError | http.client.HTTPException), outcome
 
 
 def test_a_worker_builds_its_protocol_classes_in_its_own_thread(mocker, tmp_path):

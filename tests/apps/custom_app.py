@@ -21,7 +21,7 @@ class StandaloneApplication(BaseApplication):
 
 
 if __name__ == "__main__":
-    bind, mode, ctl = sys.argv[1:4]
+    bind, mode, threads, ctl = sys.argv[1:5]
     StandaloneApplication(
         app,
         {
@@ -29,6 +29,7 @@ if __name__ == "__main__":
             "workers": 2,
             "worker_class": "gilworker",
             "gil_mode": mode,
+            "threads": int(threads),
             "control_socket": ctl,
         },
     ).run()

@@ -1,15 +1,18 @@
 """A plain ASGI 3 app (no framework) that reports where it runs, for the tests."""
 
 import asyncio
+import ctypes
 import json
 import os
 import signal
+import sys
 import threading
 import time
 from urllib.parse import parse_qs
 
 IMPORTED_IN_PID = os.getpid()
 STARTUPS: list[int] = []  # one entry per lifespan startup in this process
+KEPT: list[bytearray] = []  # /leak keeps memory here, as a leaking app would
 
 
 async def app(scope, receive, send):
@@ -52,9 +55,16 @@ async def http(scope, receive, send):
         return
     if path == "/crash":  # ends this worker's event loop: the worker dies, as by a bug
         asyncio.get_running_loop().call_soon(crash)
+    elif path == "/segfault":  # a real SIGSEGV in C, as a buggy extension would cause
+        ctypes.string_at(0)
+    elif path == "/exit":  # os._exit from app code: ends the whole process at once
+        os._exit(7)
+    elif path == "/leak":  # keeps 1 MB (or ?kb=N) for ever
+        KEPT.append(bytearray(int(query.get("kb", ["1024"])[0]) * 1024))
     elif path == "/sleep":
         await asyncio.sleep(float(query["s"][0]))
     elif path == "/csleep":  # one long C call: no stop or exception reaches it before it returns
+        print(f"csleep started in {os.getpid()}", file=sys.stderr, flush=True)  # in the log
         time.sleep(float(query["s"][0]))
     elif path == "/block":  # blocks the event loop, in small steps an async exception can stop
         deadline = time.monotonic() + float(query["s"][0])
