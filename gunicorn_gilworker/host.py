@@ -134,6 +134,7 @@ class ThreadsProcess(Worker):
             worker = GilWorker(
                 self.thread_age, self.pid, self.sockets, self.app, self.timeout, self.cfg, self.log
             )
+            worker.host = self  # the worker the request hooks get, as gthread passes its own
             worker.config.limit_max_requests = None  # counted by this process over its threads
             if self.max_requests < sys.maxsize:
                 worker.server.server_state = CountedState(self.budget)

@@ -109,6 +109,11 @@ def check_combination(cfg: Any) -> None:
             f"-w/--workers must be at least 1 with gilworker; got {cfg.workers}"
             " (0 starts a server that never answers)"
         )
+    if cfg.protocol != "http":
+        raise ConfigError(
+            f"--protocol {cfg.protocol} is not served by gilworker (uvicorn speaks HTTP): "
+            "point the front end at it over HTTP (nginx: proxy_pass, not uwsgi_pass)"
+        )
     if cfg.threads < 1:
         raise ConfigError(
             f"--threads must be at least 1 with gilworker (event-loop threads per worker "

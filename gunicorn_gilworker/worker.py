@@ -11,19 +11,25 @@ from __future__ import annotations
 
 import inspect
 import logging
+import ssl
 import sys
 from typing import Any
 
 from gunicorn.arbiter import Arbiter
 from gunicorn.errors import AppImportError
+from gunicorn.sock import ssl_context as gunicorn_ssl_context
 from gunicorn.workers.base import Worker
 from uvicorn.config import Config
 from uvicorn.protocols.http.auto import AutoHTTPProtocol as _AutoHTTPProtocol
 from uvicorn.protocols.websockets.auto import AutoWebSocketsProtocol
 
-from gunicorn_gilworker.coalesce import coalesce_writes
+from gunicorn_gilworker.compat import unserved
 from gunicorn_gilworker.faults import write_tracebacks_on_crash
-from gunicorn_gilworker.limits import HeadLimits, guard_head, limit_websocket
+from gunicorn_gilworker.request.coalesce import coalesce_writes
+from gunicorn_gilworker.request.contract import with_request_contract
+from gunicorn_gilworker.request.forwarded import ForwardedHeaders
+from gunicorn_gilworker.request.limits import HeadLimits, guard_head, limit_websocket
+from gunicorn_gilworker.request.proxy_protocol import expect_proxy_header
 from gunicorn_gilworker.server import WorkerServer
 
 AutoHTTPProtocol: Any = _AutoHTTPProtocol  # uvicorn's httptools protocol if installed, else h11
@@ -35,6 +41,12 @@ class GilWorker(Worker):
     runs_under_gil_arbiter = True  # registration.py swaps gunicorn's Arbiter for GilArbiter
     gil_mode = "process"  # "thread" when it runs as a thread (of the master or of a process)
     runs_hooks = True  # False for a loop thread of a worker process of threads: its process does
+
+    @property
+    def hook_worker(self) -> Worker:
+        """The worker gunicorn's request hooks get: this one, or the process hosting its thread."""
+        return getattr(self, "host", None) or self
+
     exit_status = 0  # set by abort(): uvicorn turns an exception raised in a request into a 500
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -59,14 +71,11 @@ class GilWorker(Worker):
         return f"<GilWorker {self.gil_mode} {self.pid}>"
 
     def _route_uvicorn_logs(self) -> None:
-        for name, gunicorn_logger in (
-            ("uvicorn.error", self.log.error_log),
-            ("uvicorn.access", self.log.access_log),
-        ):
-            logger = logging.getLogger(name)
-            logger.handlers = gunicorn_logger.handlers
-            logger.setLevel(gunicorn_logger.level)
-            logger.propagate = False
+        # uvicorn's access log stays off: gunicorn's Logger.access writes it (request/contract.py)
+        logger = logging.getLogger("uvicorn.error")
+        logger.handlers = self.log.error_log.handlers
+        logger.setLevel(self.log.error_log.level)
+        logger.propagate = False
 
     @property
     def head_limits(self) -> HeadLimits:
@@ -76,11 +85,15 @@ class GilWorker(Worker):
         )
 
     def uvicorn_settings(self) -> dict[str, Any]:
-        """gunicorn settings -> uvicorn Config arguments, as uvicorn-worker maps them."""
+        """gunicorn settings -> uvicorn Config arguments, as uvicorn-worker maps them, and more
+        (the access log, hooks and forwarded headers are added in `run`)."""
         cfg = self.cfg
         settings: dict[str, Any] = {
             "app": None,  # set to the loaded app in run()
             "log_config": None,
+            "access_log": False,  # gunicorn's Logger.access writes it, in gunicorn's format
+            "proxy_headers": False,  # ForwardedHeaders (uvicorn's, plus gunicorn's) takes it on
+            "ws_max_size": cfg.websocket_max_message_size,
             "loop": cfg.asgi_loop,
             "lifespan": cfg.asgi_lifespan,
             "root_path": cfg.root_path or "",
@@ -91,26 +104,17 @@ class GilWorker(Worker):
             "forwarded_allow_ips": cfg.forwarded_allow_ips,
             "backlog": cfg.backlog,
         }
-        if cfg.is_ssl:
-            ssl = cfg.ssl_options
-            settings.update(
-                ssl_keyfile=ssl.get("keyfile"),
-                ssl_certfile=ssl.get("certfile"),
-                ssl_keyfile_password=ssl.get("password"),
-                ssl_version=ssl.get("ssl_version"),
-                ssl_cert_reqs=ssl.get("cert_reqs"),
-                ssl_ca_certs=ssl.get("ca_certs"),
-                ssl_ciphers=ssl.get("ciphers"),
-            )
-        return settings
+        return settings  # TLS: gunicorn's own context, set in run()
 
     def build_protocols(self) -> None:
         """uvicorn's protocols with gunicorn's request limits, and a response's head and body
         sent together. Called in the worker's own thread: on a free-threaded build the thread
         that makes a class owns its methods' reference counts, and a method of a class made in
         another thread sends every lookup of it through the interpreter's locked slow path."""
-        limits, config = self.head_limits, self.config
-        config.http = guard_head(coalesce_writes(AutoHTTPProtocol), limits, self.cfg.header_timeout)
+        limits, config, cfg = self.head_limits, self.config, self.cfg
+        config.http = guard_head(coalesce_writes(AutoHTTPProtocol), limits, cfg.header_timeout)
+        if cfg.proxy_protocol != "off":
+            config.http = expect_proxy_header(config.http, cfg)
         if AutoWebSocketsProtocol is not None:  # else uvicorn serves no WebSockets ("auto")
             config.ws = limit_websocket(AutoWebSocketsProtocol, limits)
 
@@ -133,8 +137,19 @@ class GilWorker(Worker):
         write_tracebacks_on_crash(self.log)  # after gunicorn's handlers: it chains to them
 
     def run(self) -> None:
-        self.config.app = self.wsgi
         self.build_protocols()
+        config, cfg = self.config, self.cfg
+        config.app = self.wsgi
+        config.load()  # uvicorn's app chain; gunicorn's layers go around it
+        if cfg.is_ssl:
+            config.ssl = tls_context(cfg)
+        config.loaded_app = with_request_contract(
+            ForwardedHeaders(
+                config.loaded_app, config.forwarded_allow_ips, cfg.secure_scheme_headers
+            ),
+            self,
+            self.hook_worker,
+        )
         # The plain sockets: uvicorn closes what it served on, and gunicorn's wrapper would log
         # the second close (the master closes its own copies itself).
         self.server.run(sockets=[getattr(s, "sock", s) for s in self.sockets])
@@ -146,6 +161,12 @@ class GilWorker(Worker):
     def load_wsgi(self) -> None:
         super().load_wsgi()
         refuse_wsgi(self.wsgi)
+
+    @classmethod
+    def check_config(cls, cfg: Any, log: Any) -> None:
+        """gunicorn's start-up check of the worker class: name what will not be served."""
+        for line in unserved(cfg):
+            log.warning("gilworker: %s", line)
 
     async def callback_notify(self) -> None:
         self.notify()
@@ -193,6 +214,15 @@ class GilWorker(Worker):
     def handle_abort(self, sig: int, frame: Any) -> None:
         self.abort()
         sys.exit(1)
+
+
+def tls_context(cfg: Any) -> ssl.SSLContext:
+    """gunicorn's TLS context (its settings, its `ssl_context` hook), as for its own workers;
+    ALPN never offers h2, which uvicorn's HTTP/1.1 parser would not understand."""
+    context = gunicorn_ssl_context(cfg)
+    if "h2" in cfg.http_protocols:
+        context.set_alpn_protocols(["http/1.1"])
+    return context
 
 
 def refuse_wsgi(app: Any) -> None:

@@ -154,6 +154,16 @@ def refusal(launcher: Launcher, *args: str, env: dict[str, str] | None = None) -
     return [line for line in done.stderr.splitlines() if line.startswith("Error:")]
 
 
+def make_certificate(directory: Path) -> tuple[Path, Path]:
+    """A self-signed key and certificate for 127.0.0.1, made with the openssl command (the
+    cryptography package has no build for free-threaded 3.13)."""
+    key, cert = directory / "key.pem", directory / "cert.pem"
+    command = ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"]
+    command += ["-keyout", str(key), "-out", str(cert), "-subj", "/CN=127.0.0.1"]
+    subprocess.run(command, check=True, capture_output=True, timeout=60)
+    return key, cert
+
+
 class UnixHTTPConnection(http.client.HTTPConnection):
     def __init__(self, path: str, timeout: float) -> None:
         super().__init__("localhost", timeout=timeout)

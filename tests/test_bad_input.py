@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+import http.client
 import os
+import select
 import socket
 import time
 
@@ -109,16 +111,25 @@ def test_websocket_handshake_breaking_a_limit_is_refused(server):
 
 def test_a_huge_head_is_cut_off_before_it_is_all_read(server):
     gunicorn, _ = server
-    # far past the bound the limits allow (512 + 20 x 1026 bytes): answered before the end
+    # far past the bound the limits allow (512 + 20 x 1026 bytes, about 21 KB): the 431 (or the
+    # close) comes while the client is still sending, not after the whole head
     with socket.create_connection(("127.0.0.1", gunicorn.port), timeout=5) as s:
-        try:
-            s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n")
-            for _ in range(200):  # 200 KB of head
+        s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n")
+        answered_after = None
+        reply = b""
+        for kb in range(1, 201):  # up to 200 KB of head, never ended
+            try:
                 s.sendall(b"X-Fill: " + b"a" * 1000 + b"\r\n")
-        except (BrokenPipeError, ConnectionResetError):
-            pass
-        reply = s.recv(200)
-    assert status_of(reply) in (431, None)  # 431, or closed while we were still sending
+            except (BrokenPipeError, ConnectionResetError):
+                answered_after = kb
+                break
+            readable, _, _ = select.select([s], [], [], 0.01)
+            if readable:
+                answered_after = kb
+                reply = s.recv(200)
+                break
+    assert answered_after is not None and answered_after < 60, answered_after
+    assert status_of(reply) in (431, None)
 
 
 def test_slowloris_is_closed_after_the_header_timeout(server):
@@ -145,6 +156,18 @@ def test_websockets_and_keep_alive_outlive_the_header_timeout(server):
         time.sleep(1.5)  # past --header-timeout 1: an upgraded connection is no head
         ws.send("still")
         assert ws.recv(timeout=5).startswith("echo:still")
+    # an idle keep-alive connection waits for its next request under --keep-alive (2 s), not
+    # under the head deadline: no head has begun
+    conn = http.client.HTTPConnection("127.0.0.1", gunicorn.port, timeout=10)
+    try:
+        assert request(conn=conn).status == 200  # the first head (it had a deadline)
+        assert request(conn=conn).status == 200  # a later one: idle time follows it
+        local = conn.sock.getsockname()
+        time.sleep(1.5)
+        assert request(conn=conn).status == 200
+        assert conn.sock.getsockname() == local  # the same connection
+    finally:
+        conn.close()
 
 
 def fd_count(pids: list[int]) -> int:

@@ -16,7 +16,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.server import ServerState
 
-from gunicorn_gilworker.coalesce import coalesce_writes
+from gunicorn_gilworker.request.coalesce import coalesce_writes
 
 REQUEST = b"GET / HTTP/1.1\r\nHost: test\r\n\r\n"
 PROTOCOLS = pytest.mark.parametrize("protocol", [HttpToolsProtocol, H11Protocol])

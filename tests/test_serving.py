@@ -8,7 +8,7 @@ import sys
 import time
 
 import pytest
-from server import APPS, GUNICORN, free_port, request
+from server import APPS, GUNICORN, free_port, make_certificate, request
 from websockets.sync.client import connect, unix_connect
 
 
@@ -149,10 +149,22 @@ def test_unix_socket_bind(gunicorn, topology, tmp_path):
         assert ws.recv(timeout=10).startswith("echo:u:")
 
 
+def listening_sockets(port: int) -> int:
+    """Distinct listening TCP sockets on 127.0.0.1:`port` (dups of one socket count once)."""
+    wanted = f"0100007F:{port:04X}"
+    with open("/proc/net/tcp") as table:
+        rows = [line.split() for line in table.readlines()[1:]]
+    return sum(1 for row in rows if row[1] == wanted and row[3] == "0A")  # 0A: LISTEN
+
+
 def test_reuse_port(gunicorn, topology):
-    master = gunicorn.start("--reuse-port", topology=topology)
+    gunicorn.start("--reuse-port", topology=topology, workers=2)
     assert all(request(gunicorn.port).status == 200 for _ in range(20))
-    assert "Listening at" in master.log
+    # each worker binds its own socket (a worker process of threads: one, for its threads)
+    assert listening_sockets(gunicorn.port) == 2
+    other = gunicorn.start(topology=topology, workers=2)
+    assert request(gunicorn.port).status == 200 and other.proc.poll() is None
+    assert listening_sockets(gunicorn.port) == 1  # without it: the master's one socket
 
 
 SYSTEMD_LAUNCHER = """
@@ -238,30 +250,8 @@ def test_pythonpath_and_chdir_behave_as_in_process_mode(gunicorn, topology, tmp_
 
 def test_tls_with_gunicorns_ssl_settings(gunicorn, topology, tmp_path):
     import ssl
-    import subprocess
 
-    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
-    subprocess.run(
-        [
-            "openssl",
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            str(key),
-            "-out",
-            str(cert),
-            "-days",
-            "1",
-            "-subj",
-            "/CN=127.0.0.1",
-        ],
-        check=True,
-        capture_output=True,
-        timeout=60,
-    )
+    key, cert = make_certificate(tmp_path)
     gunicorn.start("--keyfile", str(key), "--certfile", str(cert), topology=topology)
     context = ssl.create_default_context(cafile=str(cert))
     context.check_hostname = False

@@ -82,6 +82,8 @@ async def http(scope, receive, send):
         "startups": len(STARTUPS),
         "sigterm_handler": getattr(signal.getsignal(signal.SIGTERM), "__qualname__", None),
         "env_flag": os.environ.get("GILWORKER_TEST_FLAG"),
+        "client": scope.get("client"),
+        "scheme": scope["scheme"],
     }
     await start(send, 200, b"application/json")
     await send({"type": "http.response.body", "body": json.dumps(body).encode()})

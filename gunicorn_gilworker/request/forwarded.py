@@ -1,0 +1,35 @@
+"""gunicorn's `secure_scheme_headers`, next to uvicorn's X-Forwarded-* handling.
+
+uvicorn's ProxyHeadersMiddleware takes the client address from X-Forwarded-For and the scheme
+from X-Forwarded-Proto, for peers in `forwarded_allow_ips`. gunicorn also trusts, from the same
+peers, each header of `secure_scheme_headers` set to its value (by default
+`X-Forwarded-Protocol: ssl` and `X-Forwarded-Ssl: on` too): the request is then https.
+This subclass adds those to uvicorn's and takes its place in the app chain.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
+
+
+class ForwardedHeaders(ProxyHeadersMiddleware):
+    def __init__(self, app: Any, trusted_hosts: Any, secure_scheme_headers: dict[str, str]):
+        super().__init__(app, trusted_hosts)
+        self.secure = {  # uvicorn reads X-Forwarded-Proto itself
+            (name.lower().encode("latin-1"), value.encode("latin-1"))
+            for name, value in secure_scheme_headers.items()
+            if name.upper() != "X-FORWARDED-PROTO"
+        }
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if self.secure and scope["type"] != "lifespan":
+            client = scope.get("client")
+            if (
+                client
+                and client[0] in self.trusted_hosts
+                and not self.secure.isdisjoint(scope["headers"])
+            ):
+                scope["scheme"] = "wss" if scope["type"] == "websocket" else "https"
+        return await super().__call__(scope, receive, send)

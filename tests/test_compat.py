@@ -1,0 +1,144 @@
+"""Every gunicorn setting is classified (compat.py), the README shows that table, and the
+settings the table calls honoured or refused behave so on a real master."""
+
+from __future__ import annotations
+
+import re
+import socket
+import ssl
+from pathlib import Path
+
+from gunicorn.config import Config
+from server import THREADS, make_certificate, refusal, request, wait_for
+
+from gunicorn_gilworker.compat import SETTINGS, markdown_table
+
+README = Path(__file__).parent.parent / "README.md"
+
+
+def test_every_setting_of_the_installed_gunicorn_is_classified():
+    import gunicorn_gilworker.settings  # noqa: F401  (gilworker's own are settings too)
+
+    installed = set(Config().settings)
+    assert sorted(installed - set(SETTINGS)) == [], "classify these in gunicorn_gilworker/compat.py"
+    assert sorted(set(SETTINGS) - installed) == [], "no longer gunicorn settings"
+
+
+def test_the_readme_shows_the_table():
+    assert markdown_table() in README.read_text(), (
+        "README's table differs: paste `python -m gunicorn_gilworker.compat` into it"
+    )
+    counts = {kind: sum(k == kind for k, _ in SETTINGS.values()) for kind in ("honoured", "mapped")}
+    summary = re.search(
+        r"(\d+) honoured .*?(\d+) mapped .*?(\d+) not applicable", README.read_text(), re.S
+    )
+    assert summary and (int(summary[1]), int(summary[2])) == (counts["honoured"], counts["mapped"])
+    assert int(summary[3]) == len(SETTINGS) - sum(counts.values())
+
+
+def test_uwsgi_protocol_is_refused_in_one_line(gunicorn):
+    assert refusal(gunicorn, "--protocol", "uwsgi") == [
+        "Error: --protocol uwsgi is not served by gilworker (uvicorn speaks HTTP): point the "
+        "front end at it over HTTP (nginx: proxy_pass, not uwsgi_pass)"
+    ]
+
+
+def test_tls_comes_from_gunicorns_context_and_its_hook_and_never_offers_h2(
+    gunicorn, topology, tmp_path
+):
+    key, cert = make_certificate(tmp_path)
+    conf = tmp_path / "tls_conf.py"
+    conf.write_text(
+        "import ssl\n"
+        "def ssl_context(conf, default_ssl_context_factory):\n"
+        "    context = default_ssl_context_factory()\n"
+        "    context.minimum_version = ssl.TLSVersion.TLSv1_3\n"
+        "    return context\n"
+    )
+    master = gunicorn.start(
+        "-c",
+        str(conf),
+        "--keyfile",
+        str(key),
+        "--certfile",
+        str(cert),
+        "--http-protocols",
+        "h2,h1",
+        topology=topology,
+        workers=1,
+    )
+    assert (
+        "WARNING] gilworker: --http-protocols asks for h2: gilworker serves HTTP/1.1 "
+        "(uvicorn's parser), and TLS clients are offered http/1.1 alone"
+    ) in master.log
+
+    def handshake(maximum: ssl.TLSVersion) -> tuple[str | None, str | None]:
+        context = ssl.create_default_context(cafile=str(cert))
+        context.check_hostname = False
+        context.maximum_version = maximum
+        context.set_alpn_protocols(["h2", "http/1.1"])
+        raw = socket.create_connection(("127.0.0.1", gunicorn.port), timeout=10)
+        with raw, context.wrap_socket(raw) as tls:
+            return tls.version(), tls.selected_alpn_protocol()
+
+    assert handshake(ssl.TLSVersion.TLSv1_3) == ("TLSv1.3", "http/1.1")
+    try:  # the hook's minimum: a TLS 1.2 client is refused
+        handshake(ssl.TLSVersion.TLSv1_2)
+        raise AssertionError("a TLS 1.2 handshake succeeded despite the ssl_context hook")
+    except (ssl.SSLError, ConnectionResetError):
+        pass
+
+
+DIRTY_APP = """
+import os
+from gunicorn.dirty import DirtyApp, get_dirty_client_async
+
+class Doubler(DirtyApp):
+    def double(self, x):
+        return {"value": 2 * x, "pid": os.getpid()}
+
+async def app(scope, receive, send):
+    if scope["type"] != "http":
+        return
+    client = await get_dirty_client_async()
+    result = await client.execute_async("dirty_app:Doubler", "double", 21)
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": repr(result).encode()})
+"""
+
+
+def test_gunicorns_dirty_arbiter_serves_gilworker_workers(gunicorn, topology, tmp_path):
+    (tmp_path / "dirty_app.py").write_text(DIRTY_APP)
+    env = gunicorn.env(PYTHONPATH=str(tmp_path))
+    master = gunicorn.start(
+        "--dirty-app",
+        "dirty_app:Doubler",
+        "--dirty-workers",
+        "1",
+        "--asgi-lifespan",
+        "off",
+        "--graceful-timeout",
+        "2",
+        app="dirty_app:app",
+        env=env,
+        topology=topology,
+        ready=r"Booting worker",
+    )
+    wait_for(lambda: "Spawned dirty arbiter" in master.log, 20, "the dirty arbiter")
+    answers = {wait_for(lambda: _dirty_answer(gunicorn.port), 20, "an answer") for _ in range(4)}
+    assert len(answers) == 1 and "'value': 42" in answers.pop()
+
+
+def _dirty_answer(port: int) -> str | None:
+    try:
+        response = request(port, timeout=5)
+    except OSError:
+        return None
+    return response.body.decode() if response.status == 200 else None
+
+
+def test_http2_cleartext_is_named_at_start_up(gunicorn):
+    master = gunicorn.start("--http2-cleartext", "prior-knowledge", topology=THREADS, workers=1)
+    assert "gilworker: --http2-cleartext prior-knowledge: gilworker serves HTTP/1.1 only" in (
+        master.log
+    )
