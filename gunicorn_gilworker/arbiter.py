@@ -62,7 +62,7 @@ class GilArbiter(Arbiter):
         self.slots = Slots(
             CrashBudget(self.cfg.max_restarts, self.cfg.restart_window), self.log, self._wake_in
         )
-        self._stats.update(worker_crashes=0, threads_abandoned=0)
+        self._stats.update(worker_crashes=0, threads_abandoned=0)  # private: gunicornc shows it
 
     def setup(self, app: Any) -> None:
         if self.strategy is not None and self.app_in_master:  # a HUP: successors get new code
@@ -278,6 +278,7 @@ class GilArbiter(Arbiter):
     # -- gunicornc --------------------------------------------------------------------------
 
     def _start_control_server(self) -> None:
+        # Private seam: gunicorn 25.1+ starts gunicornc's server here; its `handlers` answer.
         super()._start_control_server()
         if self._control_server is not None:
             self._control_server.handlers = ControlHandlers(self)

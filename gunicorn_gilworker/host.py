@@ -136,7 +136,7 @@ class ThreadsProcess(Worker):
             )
             worker.host = self  # the worker the request hooks get, as gthread passes its own
             worker.config.limit_max_requests = None  # counted by this process over its threads
-            if self.max_requests < sys.maxsize:
+            if self.max_requests < sys.maxsize:  # uvicorn's Server.server_state, made in __init__
                 worker.server.server_state = CountedState(self.budget)
             handle = self.supervisor.start(worker)  # no per-thread hooks: this process ran them
             if handle is None:

@@ -1,13 +1,18 @@
 #!/usr/bin/env bash
-# Run the whole test suite on both interpreters: the machine's python3 (a GIL build) and a
-# free-threaded CPython 3.13t (built once by build-freethreaded-python.sh, reused afterwards).
+# Run the whole test suite on every interpreter pyproject.toml admits, as CI does:
+#   - the machine's python3 (a GIL build, 3.11): ruff, mypy, then the suite (`pip install .`)
+#   - a free-threaded CPython 3.13t (built once by build-freethreaded-python.sh, reused
+#     afterwards; `pip install -e .`, so both install paths of the start-up hook are exercised)
+#   - Python 3.10 with the lowest versions pyproject admits (gunicorn 27.0.0, uvicorn 0.53.0)
+#   - Python 3.12 and 3.13 (GIL builds), newest versions
 #
 #   bash scripts/test-all.sh            # what .ci/run runs
 #   bash scripts/test-all.sh -k hooks   # extra arguments go to pytest
 #
-# Each run makes fresh venvs (under .venvs/, pip's cache keeps it quick) and installs the project
-# as a user would: `pip install .` on the GIL build, `pip install -e .` on the free-threaded one,
-# so both install paths of the start-up hook are exercised. Exits non-zero on any failure.
+# Each leg makes a fresh venv (under .venvs/, pip's cache keeps it quick) and runs pytest in
+# three processes (pytest-xdist): the tests mostly wait on real servers. The extra Pythons come
+# from pyenv (the machine image carries 3.10, 3.12 and 3.13) or from python3.X on the PATH.
+# Exits non-zero on any failure, or if an interpreter is missing.
 set -euo pipefail
 shopt -s inherit_errexit  # a failing step inside $(...) must fail the run too
 
@@ -15,6 +20,8 @@ cd "$(dirname "$0")/.."
 ROOT="$PWD"
 VENVS="${GILWORKER_VENVS:-$ROOT/.venvs}"
 GIL_PYTHON="${GIL_PYTHON:-python3}"
+WORKERS="${GILWORKER_TEST_PROCESSES:-3}"
+LOWEST=("gunicorn==27.0.0" "uvicorn==0.53.0")  # pyproject's floors
 export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_PROGRESS_BAR=off
 
 log() { echo "[test-all] $*" >&2; }
@@ -33,6 +40,17 @@ ensure_python_tools() {
     fi
 }
 
+find_python() {  # find_python 3.10: pyenv's, else python3.10 on the PATH
+    local version="$1" candidate
+    for candidate in "${PYENV_ROOT:-$HOME/.pyenv}"/versions/"$version".*/bin/python"$version"; do
+        [ -x "$candidate" ] && { echo "$candidate"; return; }
+    done
+    candidate="$(command -v "python$version" || true)"
+    [ -n "$candidate" ] && { echo "$candidate"; return; }
+    log "no Python $version found (pyenv or python$version on the PATH)"
+    return 1
+}
+
 make_venv() {  # make_venv NAME PYTHON PIP-INSTALL-ARGS...
     local name="$1" python="$2"; shift 2
     local venv="$VENVS/$name"
@@ -48,7 +66,7 @@ run_suite() {  # run_suite NAME VENV PYTEST-ARGS...
     local name="$1" venv="$2"; shift 2
     log "$name: $("$venv/bin/python" -VV)"
     local status=0
-    "$venv/bin/python" -m pytest -q -p no:cacheprovider "$@" || status=$?
+    "$venv/bin/python" -m pytest -q -p no:cacheprovider -n "$WORKERS" "$@" || status=$?
     if [ "$status" -ne 0 ]; then
         log "$name: pytest failed (exit $status)"
     fi
@@ -57,6 +75,9 @@ run_suite() {  # run_suite NAME VENV PYTEST-ARGS...
 
 ensure_python_tools
 FT_PYTHON="$(bash "$ROOT/scripts/build-freethreaded-python.sh")"
+PY310="$(find_python 3.10)"
+PY312="$(find_python 3.12)"
+PY313="$(find_python 3.13)"
 
 GIL_VENV="$(make_venv gil "$GIL_PYTHON" ".[test,fast,check]")" || exit 1
 FT_VENV="$(make_venv freethreaded "$FT_PYTHON" -e ".[test,fast]")" || exit 1
@@ -69,4 +90,11 @@ log "mypy"
 "$GIL_VENV/bin/mypy" || failed=1
 run_suite "GIL build" "$GIL_VENV" "$@" || failed=1
 run_suite "free-threaded build" "$FT_VENV" "$@" || failed=1
+
+LOW_VENV="$(make_venv py310-lowest "$PY310" ".[test,fast]" "${LOWEST[@]}")" || exit 1
+run_suite "Python 3.10, lowest versions (${LOWEST[*]})" "$LOW_VENV" "$@" || failed=1
+for leg in "3.12:$PY312" "3.13:$PY313"; do
+    venv="$(make_venv "py${leg%%:*}" "${leg#*:}" ".[test,fast]")" || exit 1
+    run_suite "Python ${leg%%:*}" "$venv" "$@" || failed=1
+done
 exit "$failed"

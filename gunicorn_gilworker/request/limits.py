@@ -98,6 +98,8 @@ def guard_head(protocol_class: type[Any], limits: HeadLimits, header_timeout: fl
                 self._wait_for_rest(PartialHead())
 
         def data_received(self, data: bytes) -> None:
+            # uvicorn's protocol attributes (no underscore, not documented): `cycle` (the
+            # request in progress), `cycle.response_complete`, `app`, `loop`, `transport`
             cycle = self.cycle
             if cycle is not None and not cycle.response_complete:
                 # A body, or a pipelined head that uvicorn queues: not counted, always checked.

@@ -41,6 +41,7 @@ def proxy_allowed(client: Any, cfg: Any) -> bool:
         address = ipaddress.ip_address(client[0])
     except ValueError:
         return False
+    # Config.proxy_allow_networks(): gunicorn's parsed --proxy-allow-from ("internal use")
     return any(address in network for network in cfg.proxy_allow_networks())
 
 
