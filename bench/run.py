@@ -33,6 +33,7 @@ import instructions
 
 HERE = Path(__file__).parent
 REALISTIC = "realistic_app:app"  # FastAPI, 12 resources x 5 routes: memory and cold start
+ACCESS = ("--access-logfile", "/dev/null")  # an access log in gunicorn's default format
 RESULTS = HERE / "results"
 TICK = os.sysconf("SC_CLK_TCK")
 
@@ -89,7 +90,7 @@ class Setup:
     workers: int = 2
     app: str = "app:app"  # the Starlette bench app; REALISTIC for memory and cold start
     log_level: str = "warning"  # "info" shows when each worker serves (cold start)
-    options: tuple[str, ...] = ()  # more gunicorn options (gilworker set-ups)
+    options: tuple[str, ...] = ()  # more gunicorn options (gunicorn-based set-ups)
 
     def argv(self, port: int) -> list[str]:
         bind = f"127.0.0.1:{port}"
@@ -111,9 +112,10 @@ class Setup:
             gilworker = ["-k", "gilworker", "--gil-mode", mode]
             return [*gunicorn, *gilworker, *common, *self.options, self.app]
         if self.kind == "uvicorn-worker":
-            return [*gunicorn, "-k", "uvicorn_worker.UvicornWorker", *common, self.app]
+            worker = ["-k", "uvicorn_worker.UvicornWorker"]
+            return [*gunicorn, *worker, *common, *self.options, self.app]
         if self.kind == "asgi":
-            return [*gunicorn, "-k", "asgi", *common, self.app]
+            return [*gunicorn, "-k", "asgi", *common, *self.options, self.app]
         if self.kind == "uvicorn":
             return [
                 str(self.python / "uvicorn"),
@@ -403,7 +405,36 @@ def main() -> None:
         "process 3.11/-k asgi": pair(everyone[2], everyone[4], "/", k, 2),
         "thread/granian": pair(thread, everyone[7], "/", k, 2, fresh=True),
         "processes of threads/threads in master": pair(hosted, thread, "/", k, 2, fresh=True),
+        "process 3.11/uvicorn-worker, access log": pair(
+            Setup("gilworker process, log", gil, "gilworker-process", options=ACCESS),
+            Setup("uvicorn-worker, log", gil, "uvicorn-worker", options=ACCESS),
+            "/",
+            k,
+            2,
+        ),
+        "thread/process, access log": pair(
+            Setup("thread, log", ft, "gilworker-thread", options=ACCESS),
+            Setup("process, log", ft, "gilworker-process", options=ACCESS),
+            "/",
+            k,
+            2,
+            fresh=True,
+        ),
     }
+    print("the access log's cost per request, 3.11, 2 workers", flush=True)
+    report["access_log"] = compare(
+        [
+            Setup("gilworker process, no access log", gil, "gilworker-process"),
+            Setup("gilworker process, access log", gil, "gilworker-process", options=ACCESS),
+            Setup("uvicorn-worker, no access log", gil, "uvicorn-worker"),
+            Setup("uvicorn-worker, access log", gil, "uvicorn-worker", options=ACCESS),
+            Setup("gunicorn -k asgi, no access log", gil, "asgi"),
+            Setup("gunicorn -k asgi, access log", gil, "asgi", options=ACCESS),
+        ],
+        "/",
+        m,
+        s,
+    )
     workloads = {}
     for path in ("/json", "/cpu", "/io", "/stream"):
         print(f"{path}, 2 workers, thread vs process", flush=True)
@@ -603,6 +634,16 @@ def write(report: dict) -> None:
                 f"{site} {share:.1f}%" for site, share in c["thread"]["lock_sites"] if share >= 0.1
             )
             lines.append(f"| contended locks taken in (thread) | {sites} | |")
+    access = report["access_log"]
+    lines += [
+        "",
+        "| 3.11, hello, 2 workers | CPU µs/req, no access log | with access log | the log's cost |",
+        "| --- | --- | --- | --- |",
+    ]
+    for server in ("gilworker process", "uvicorn-worker", "gunicorn -k asgi"):
+        off = access[f"{server}, no access log"].median("cpu_per_req_us")
+        on = access[f"{server}, access log"].median("cpu_per_req_us")
+        lines.append(f"| {server} | {off:.1f} | {on:.1f} | {on - off:.1f} |")
     pairs, cs = report["pairs"], report["cpu_scaling"]
 
     def paired(name: str, attr: str) -> str:
@@ -622,6 +663,16 @@ def write(report: dict) -> None:
             "process (3.11) / uvicorn-worker CPU per request",
             "≤ 1.03",
             paired("process 3.11/uvicorn-worker", "cpu_per_req_us"),
+        ),
+        (
+            "process (3.11) / uvicorn-worker CPU per request, access log on for both",
+            "≤ 1.03",
+            paired("process 3.11/uvicorn-worker, access log", "cpu_per_req_us"),
+        ),
+        (
+            "thread / process CPU per request, access log on (3.13t)",
+            "≤ 1.00",
+            paired("thread/process, access log", "cpu_per_req_us"),
         ),
         (
             "process (3.11) / gunicorn -k asgi CPU per request",
