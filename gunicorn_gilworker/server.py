@@ -15,11 +15,12 @@ from collections.abc import Callable, Iterator
 
 import uvicorn
 
-ACCEPT_GRACE = 0.05  # seconds; a loopback or LAN client sends its request well within it
+from gunicorn_gilworker.request.drain import Drain
 
 
 class WorkerServer(uvicorn.Server):
     loop: asyncio.AbstractEventLoop | None = None
+    drain: Drain | None = None  # set by the worker with its protocols
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
@@ -30,13 +31,15 @@ class WorkerServer(uvicorn.Server):
         await super().startup(sockets=sockets)
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
-        # Stop accepting, then give connections accepted a moment ago the time to send their
-        # request: uvicorn's shutdown closes a connection that has no request in progress yet,
-        # and a client that had just connected would see its request fail (max_requests, HUP).
+        # A graceful stop drains keep-alive connections first (drain.py): uvicorn's shutdown
+        # would close the idle ones at once, under a client that has just sent its request.
         if not self.force_exit:
             for server in self.servers:
                 server.close()
-            await asyncio.sleep(ACCEPT_GRACE)
+            if self.drain is not None:
+                self.drain.begin(self.server_state.connections, asyncio.get_running_loop())
+            while self.server_state.connections and not self.force_exit:
+                await asyncio.sleep(0.05)
         await super().shutdown(sockets=sockets)
 
     def call_in_loop(self, callback: Callable[..., object], *args: object) -> None:

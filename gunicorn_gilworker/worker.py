@@ -27,12 +27,14 @@ from gunicorn_gilworker.compat import unserved
 from gunicorn_gilworker.faults import write_tracebacks_on_crash
 from gunicorn_gilworker.request.coalesce import coalesce_writes
 from gunicorn_gilworker.request.contract import with_request_contract
+from gunicorn_gilworker.request.drain import Drain
 from gunicorn_gilworker.request.forwarded import ForwardedHeaders
 from gunicorn_gilworker.request.limits import HeadLimits, guard_head, limit_websocket
 from gunicorn_gilworker.request.proxy_protocol import expect_proxy_header
 from gunicorn_gilworker.server import WorkerServer
 
 AutoHTTPProtocol: Any = _AutoHTTPProtocol  # uvicorn's httptools protocol if installed, else h11
+DRAIN_GRACE = 1.0  # seconds an idle keep-alive connection of a stopping worker stays open
 
 
 class GilWorker(Worker):
@@ -112,7 +114,10 @@ class GilWorker(Worker):
         that makes a class owns its methods' reference counts, and a method of a class made in
         another thread sends every lookup of it through the interpreter's locked slow path."""
         limits, config, cfg = self.head_limits, self.config, self.cfg
-        config.http = guard_head(coalesce_writes(AutoHTTPProtocol), limits, cfg.header_timeout)
+        self.server.drain = drain = Drain(grace=min(cfg.keepalive, DRAIN_GRACE))
+        config.http = guard_head(
+            coalesce_writes(AutoHTTPProtocol), limits, cfg.header_timeout, drain
+        )
         if cfg.proxy_protocol != "off":
             config.http = expect_proxy_header(config.http, cfg)
         if AutoWebSocketsProtocol is not None:  # else uvicorn serves no WebSockets ("auto")

@@ -5,7 +5,8 @@ slowloris client holds a connection open by sending a header line now and then. 
 both; so does this, without parsing HTTP itself:
 - `guard_head(protocol_class, ...)`: the parser stays uvicorn's; the subclass only counts the bytes
   and lines that arrive before a request head is complete (answering 431 past the byte bound) and
-  closes a connection whose head is not complete within `header_timeout`.
+  closes a connection whose head is not complete within `header_timeout`. It sees every request
+  begin, so it also hands a stopping worker's new requests to its `Drain`.
 - `RequestLimits`: an ASGI app in front of uvicorn's that checks the parsed head against
   `limit_request_line` (414), `limit_request_fields` and `limit_request_field_size` (431). The
   guarded protocol hands a request to it only when the head's size or line count could break a
@@ -18,6 +19,8 @@ import asyncio
 import sys
 from dataclasses import dataclass
 from typing import Any
+
+from gunicorn_gilworker.request.drain import Drain
 
 TOO_LARGE = (
     b"HTTP/1.1 431 Request Header Fields Too Large\r\n"
@@ -74,8 +77,11 @@ class PartialHead:
         self.timer: asyncio.TimerHandle | None = None
 
 
-def guard_head(protocol_class: type[Any], limits: HeadLimits, header_timeout: float) -> type:
-    """`protocol_class` with the head bound, the head deadline and the limit checks.
+def guard_head(
+    protocol_class: type[Any], limits: HeadLimits, header_timeout: float, drain: Drain
+) -> type:
+    """`protocol_class` with the head bound, the head deadline and the limit checks, and each
+    new request told apart while the worker drains (`drain.py`).
 
     The common read, a whole head within the limits, costs a few comparisons: the state of a head
     spread over several reads lives in `partial`, not on the protocol, since a new attribute on
@@ -114,6 +120,8 @@ def guard_head(protocol_class: type[Any], limits: HeadLimits, header_timeout: fl
                 feed(self, data)  # a whole head that breaks no limit, in the common case
                 if self.cycle is cycle:  # only part of one
                     self._head_incomplete(data, PartialHead())
+            if drain.active and self.cycle is not cycle and self.cycle is not None:
+                drain.last_request(self.cycle)  # a request on a stopping worker's connection
 
         def _feed_head(self, data: bytes, cycle: Any) -> None:
             head = partial.get(self) or PartialHead()
