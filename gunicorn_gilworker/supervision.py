@@ -65,16 +65,15 @@ def exit_status(code: object) -> int:
 
 
 def failure_status(exc: BaseException, booted: bool, log: Any) -> int:
-    """Report an exception that ended a worker, as gunicorn's forked child does."""
-    if isinstance(exc, AppImportError):
+    """Report an exception that ended a worker, as gunicorn's forked child does, but once:
+    gunicorn prints the message again after the traceback that already ends with it."""
+    if isinstance(exc, AppImportError):  # its traceback is at debug level: say what failed
         log.debug("Exception while loading the application", exc_info=True)
-        status = Arbiter.APP_LOAD_ERROR
-    else:
-        log.exception("Exception in worker thread")
-        status = -1 & 0xFF if booted else Arbiter.WORKER_BOOT_ERROR
-    print(f"{exc}", file=sys.stderr)
-    sys.stderr.flush()
-    return status
+        print(f"{exc}", file=sys.stderr)
+        sys.stderr.flush()
+        return Arbiter.APP_LOAD_ERROR
+    log.exception("Exception in worker thread")
+    return -1 & 0xFF if booted else Arbiter.WORKER_BOOT_ERROR
 
 
 class WorkerThread:

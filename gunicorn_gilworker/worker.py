@@ -23,6 +23,8 @@ from uvicorn.config import Config
 from uvicorn.protocols.http.auto import AutoHTTPProtocol as _AutoHTTPProtocol
 from uvicorn.protocols.websockets.auto import AutoWebSocketsProtocol
 
+from gunicorn_gilworker.accepting import AcceptGate
+from gunicorn_gilworker.client_noise import UvicornClientNoise, client_noise
 from gunicorn_gilworker.compat import unserved
 from gunicorn_gilworker.faults import write_tracebacks_on_crash
 from gunicorn_gilworker.request.coalesce import coalesce_writes
@@ -114,9 +116,18 @@ class GilWorker(Worker):
         that makes a class owns its methods' reference counts, and a method of a class made in
         another thread sends every lookup of it through the interpreter's locked slow path."""
         limits, config, cfg = self.head_limits, self.config, self.cfg
-        self.server.drain = drain = Drain(grace=min(cfg.keepalive, DRAIN_GRACE))
+        server = self.server
+        server.noise = noise = client_noise(self.log)  # this process's (a fork makes its own)
+        count_uvicorn_client_noise(noise)
+        server.drain = drain = Drain(grace=min(cfg.keepalive, DRAIN_GRACE))
+        server.gate = gate = AcceptGate(server, cfg.worker_connections, self.log)
         config.http = guard_head(
-            coalesce_writes(AutoHTTPProtocol), limits, cfg.header_timeout, drain
+            coalesce_writes(AutoHTTPProtocol),
+            limits,
+            cfg.header_timeout,
+            drain,
+            gate,
+            noise,
         )
         if cfg.proxy_protocol != "off":
             config.http = expect_proxy_header(config.http, cfg)
@@ -164,7 +175,17 @@ class GilWorker(Worker):
             sys.exit(self.exit_status)
 
     def load_wsgi(self) -> None:
-        super().load_wsgi()
+        try:
+            super().load_wsgi()
+        except AppImportError:
+            raise
+        except Exception:
+            # A forked gunicorn worker would log the traceback, then print its last line
+            # again: log it once, and end as gunicorn ends a worker that failed to boot.
+            self.log.exception(
+                "Exception in worker %s", "thread" if self.gil_mode == "thread" else "process"
+            )
+            sys.exit(Arbiter.WORKER_BOOT_ERROR)
         refuse_wsgi(self.wsgi)
 
     @classmethod
@@ -219,6 +240,14 @@ class GilWorker(Worker):
     def handle_abort(self, sig: int, frame: Any) -> None:
         self.abort()
         sys.exit(1)
+
+
+def count_uvicorn_client_noise(noise: Any) -> None:
+    """uvicorn's per-client warnings, counted by this process's ClientNoise (one filter)."""
+    logger = logging.getLogger("uvicorn.error")
+    for old in [f for f in logger.filters if isinstance(f, UvicornClientNoise)]:
+        logger.removeFilter(old)
+    logger.addFilter(UvicornClientNoise(noise))
 
 
 def tls_context(cfg: Any) -> ssl.SSLContext:

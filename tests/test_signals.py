@@ -25,18 +25,21 @@ def test_sigterm_finishes_in_flight_requests_and_exits_zero(gunicorn, topology):
 
 
 @pytest.mark.parametrize(
-    ("app", "status", "reason"),
+    ("app", "status", "reason", "message"),
     [
-        ("failing_lifespan:app", 3, "Worker failed to boot."),
-        ("raising_import:app", 3, "Worker failed to boot."),
-        ("plain_app:missing", 4, "App failed to load."),
+        ("failing_lifespan:app", 3, "Worker failed to boot.", None),
+        ("raising_import:app", 3, "Worker failed to boot.", "configuration missing at import time"),
+        ("plain_app:missing", 4, "App failed to load.", None),
     ],
 )
-def test_boot_and_app_load_errors_halt_the_master(gunicorn, topology, app, status, reason):
+def test_boot_and_app_load_errors_halt_the_master(gunicorn, topology, app, status, reason, message):
     master = gunicorn.start(topology=topology, app=app, ready=None)
     assert master.wait() == status
     assert f"Reason: {reason}" in master.log
     assert "Shutting down: Master" in master.log
+    if message:  # in the traceback, not printed again on a line of its own
+        assert f"RuntimeError: {message}" in master.log
+        assert message not in master.log.splitlines(), master.log
 
 
 def ctl(gunicorn, command: str) -> str:

@@ -20,6 +20,8 @@ import sys
 from dataclasses import dataclass
 from typing import Any
 
+from gunicorn_gilworker.accepting import AcceptGate
+from gunicorn_gilworker.client_noise import ClientNoise
 from gunicorn_gilworker.request.drain import Drain
 
 TOO_LARGE = (
@@ -78,10 +80,16 @@ class PartialHead:
 
 
 def guard_head(
-    protocol_class: type[Any], limits: HeadLimits, header_timeout: float, drain: Drain
+    protocol_class: type[Any],
+    limits: HeadLimits,
+    header_timeout: float,
+    drain: Drain,
+    gate: AcceptGate,
+    noise: ClientNoise,
 ) -> type:
-    """`protocol_class` with the head bound, the head deadline and the limit checks, and each
-    new request told apart while the worker drains (`drain.py`).
+    """`protocol_class` with the head bound, the head deadline and the limit checks; each new
+    request told apart while the worker drains (`drain.py`); each connection counted for the
+    worker's accepting (`accepting.py`).
 
     The common read, a whole head within the limits, costs a few comparisons: the state of a head
     spread over several reads lives in `partial`, not on the protocol, since a new attribute on
@@ -100,6 +108,7 @@ def guard_head(
 
         def connection_made(self, transport: Any) -> None:
             super().connection_made(transport)
+            gate.connection_made(len(self.connections))  # uvicorn's: the server's connections
             if header_timeout:  # the first head gets a deadline too
                 self._wait_for_rest(PartialHead())
 
@@ -172,14 +181,16 @@ def guard_head(
         def _head_too_slow(self) -> None:
             partial.pop(self, None)
             if self.transport is not None and not self.transport.is_closing():
-                self.logger.warning(
+                self.logger.debug(
                     "Closing a connection whose request head took over %ss", header_timeout
                 )
+                noise.count("slow_head")
                 self.transport.close()
 
         def connection_lost(self, exc: Exception | None) -> None:
             self._head_done()
             super().connection_lost(exc)
+            gate.connection_lost(len(self.connections))
 
     GuardedHead.__name__ = GuardedHead.__qualname__ = f"Guarded{protocol_class.__name__}"
     return GuardedHead

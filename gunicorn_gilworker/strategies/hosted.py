@@ -7,6 +7,7 @@ processes share its pages; its HUP and --reload import the app anew before forki
 
 from __future__ import annotations
 
+from gunicorn_gilworker.accepting import raise_fd_limit
 from gunicorn_gilworker.host import ThreadsProcess
 from gunicorn_gilworker.strategies.processes import ForkedProcesses
 
@@ -16,4 +17,5 @@ class ProcessesOfThreads(ForkedProcesses):
         # gunicorn forks `arbiter.worker_class`; setup() sets it back on every reload, and the
         # strategy chosen after that reload enters again.
         self.arbiter.worker_class = ThreadsProcess
+        raise_fd_limit(self.arbiter.log, "each worker process's threads")  # inherited by them
         self.arbiter.start_code_reloader()

@@ -5,6 +5,7 @@ from __future__ import annotations
 from gunicorn import util
 from gunicorn.errors import HaltServer
 
+from gunicorn_gilworker.accepting import raise_fd_limit
 from gunicorn_gilworker.strategies.base import Strategy
 
 
@@ -16,6 +17,7 @@ class ThreadsInMaster(Strategy):
             util.set_owner_process(cfg.uid, cfg.gid, initgroups=cfg.initgroups)
         except OSError as exc:
             raise HaltServer(f"thread mode cannot switch to user/group: {exc}", 1) from exc
+        raise_fd_limit(arbiter.log, "the worker threads")
         arbiter.start_gil_watch()
         arbiter.start_code_reloader()
 
