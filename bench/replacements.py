@@ -132,6 +132,21 @@ def run(bin_dir: Path, name: str, kind: str, seconds: float) -> dict[str, object
         master.wait()
 
 
+def table(rows: list[dict], seconds: float) -> list[str]:
+    lines = [
+        f"| replacement (wrk -t1 -c32, {seconds:.0f} s, every 0.5 s) | set-up | made | "
+        "requests | socket errors (connect/read/write/timeout) | non-2xx |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for r in rows:
+        c, rd, w, t = r["connect/read/write/timeout"]
+        lines.append(
+            f"| {r['kind']} | {r['setup']} | {r['replacements'] or '-'} | {r['requests']} | "
+            f"{r['socket errors']} ({c}/{rd}/{w}/{t}) | {r['non-2xx']} |"
+        )
+    return lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--venv", type=Path, required=True)
@@ -154,17 +169,7 @@ def main() -> None:
             row = run(bin_dir, name, kind, args.seconds)
             rows.append(row)
             print(json.dumps(row), flush=True)
-    print(
-        f"| replacement (wrk -t1 -c32, {args.seconds:.0f} s, every 0.5 s) | set-up | made | "
-        "requests | socket errors (connect/read/write/timeout) | non-2xx |"
-    )
-    print("| --- | --- | --- | --- | --- | --- |")
-    for r in rows:
-        c, rd, w, t = r["connect/read/write/timeout"]
-        print(
-            f"| {r['kind']} | {r['setup']} | {r['replacements'] or '-'} | {r['requests']} | "
-            f"{r['socket errors']} ({c}/{rd}/{w}/{t}) | {r['non-2xx']} |"
-        )
+    print("\n".join(table(rows, args.seconds)))
     sys.stdout.flush()
 
 

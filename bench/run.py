@@ -30,8 +30,10 @@ from typing import Any
 
 import contention
 import instructions
+import replacements
 
 HERE = Path(__file__).parent
+REPLACEMENT_SECONDS = 5  # of wrk per replacement kind and set-up (bench/replacements.py)
 REALISTIC = "realistic_app:app"  # FastAPI, 12 resources x 5 routes: memory and cold start
 ACCESS = ("--access-logfile", "/dev/null")  # an access log in gunicorn's default format
 RESULTS = HERE / "results"
@@ -77,7 +79,7 @@ def pss_mb(pid: int) -> float:
         try:
             with open(f"/proc/{p}/smaps_rollup") as f:
                 total += next(int(x.split()[1]) for x in f if x.startswith("Pss:"))
-        except FileNotFoundError:
+        except (FileNotFoundError, ProcessLookupError):  # gone, or a zombie: it holds nothing
             pass
     return total / 1024
 
@@ -228,10 +230,13 @@ def to_ms(wrk_output: str, percentile: str) -> float:
 
 
 def load(server: Server, path: str, seconds: float, connections: int) -> Round:
+    """`path` may name a wrk script after a space: "/users bench/post_user.lua" POSTs."""
+    path, _, script = path.partition(" ")
     url = f"http://127.0.0.1:{server.port}{path}"
     cpu0 = cpu_seconds(server.proc.pid)
+    scripted = ["-s", str(HERE / script)] if script else []
     out = subprocess.run(
-        ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", url],
+        ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", *scripted, url],
         capture_output=True,
         text=True,
         timeout=seconds + 60,
@@ -356,6 +361,13 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--ft", type=Path, required=True, help="free-threaded venv")
     parser.add_argument("--gil", type=Path, required=True, help="GIL-build venv")
+    parser.add_argument(
+        "--ft-default",
+        type=Path,
+        required=True,
+        help="free-threaded venv of the default install (`pip install gunicorn-gilworker`: "
+        "h11 + asyncio on 3.13t)",
+    )
     parser.add_argument("--seconds", type=float, default=3)
     parser.add_argument(
         "--rounds", type=int, default=3, help="rounds of the hello comparison (every set-up)"
@@ -440,8 +452,10 @@ def main() -> None:
         print(f"{path}, 2 workers, thread vs process", flush=True)
         workloads[path] = compare([thread, process], path, m, s)
     report["workloads"] = workloads
+    print("what users run (3.13t): default install, FastAPI, 8 workers on 2 CPUs", flush=True)
+    report["users"] = users_run(ft, args.ft_default / "bin", k)
     counts = {}
-    for w in (1, 8):
+    for w in (1,):
         print(f"hello, {w} workers, thread vs process", flush=True)
         counts[w] = compare(
             [
@@ -496,11 +510,63 @@ def main() -> None:
             for path, w in (("/", 2), ("/json", 2), ("/", 8))
         }
     report["respawn_ms"] = respawn_ms(ft)
+    print("replacing workers under keep-alive load (3.13t)", flush=True)
+    report["replacements"] = [
+        replacements.run(ft, name, kind, REPLACEMENT_SECONDS)
+        for kind in replacements.KINDS
+        for name in replacements.SETUPS
+    ]
     if shutil.which("valgrind"):
         print("instructions per request, one worker process (3.11, callgrind)", flush=True)
         report["instructions"] = instructions.per_request(args.gil, (400, 1600))
     report["elapsed_s"] = time.monotonic() - started
     write(report)
+
+
+# name -> (A, B, path): thread mode's cost where users run it (issue 14), each pair started anew
+# every round (fresh_rounds): on 3.13t one start of a thread-mode server differs from the next.
+def users_run(ft: Path, ft_default: Path, rounds: int) -> dict[str, dict[str, float]]:
+    def gilworker(venv: Path, mode: str, workers: int = 2, app: str = "app:app") -> Setup:
+        return Setup(
+            f"{mode} {venv.parent.name} x{workers} {app}",
+            venv,
+            f"gilworker-{mode}",
+            workers,
+            app=app,
+        )
+
+    users = "/users?limit=5"  # a GET with a query model and a dependency
+    post = "/users post_user.lua"  # a POST of a nested JSON body with a header dependency
+    pairs = {
+        "thread/process, default install": (
+            gilworker(ft_default, "thread"),
+            gilworker(ft_default, "process"),
+            "/",
+        ),
+        "default install/[fast], thread": (
+            gilworker(ft_default, "thread"),
+            gilworker(ft, "thread"),
+            "/",
+        ),
+        "default install/[fast], process": (
+            gilworker(ft_default, "process"),
+            gilworker(ft, "process"),
+            "/",
+        ),
+        "thread/process, FastAPI GET": (
+            gilworker(ft, "thread", app=REALISTIC),
+            gilworker(ft, "process", app=REALISTIC),
+            users,
+        ),
+        "thread/process, FastAPI POST": (
+            gilworker(ft, "thread", app=REALISTIC),
+            gilworker(ft, "process", app=REALISTIC),
+            post,
+        ),
+        "thread/process, 8 workers": (gilworker(ft, "thread", 8), gilworker(ft, "process", 8), "/"),
+        "8 loops/2 loops, thread": (gilworker(ft, "thread", 8), gilworker(ft, "thread"), "/"),
+    }
+    return {name: pair(a, b, path, rounds, 2, fresh=True) for name, (a, b, path) in pairs.items()}
 
 
 RESPAWNS = {  # what crashes, and how: the thread of a loop, or a whole worker process
@@ -580,6 +646,8 @@ def write(report: dict) -> None:
             f"| {path} | {t.median('rps'):.0f} | {p.median('rps'):.0f} | "
             f"{ratio(t.median('cpu_per_req_us'), p.median('cpu_per_req_us'))} |"
         )
+    for name, p in report["users"].items():
+        lines.append(f"| {name} (A/B pair) | | | {p['cpu_per_req_us']:.2f} |")
     for w, res in report["counts"].items():
         t, p = res[f"thread x{w}"], res[f"process x{w}"]
         lines.append(
@@ -649,6 +717,9 @@ def write(report: dict) -> None:
     def paired(name: str, attr: str) -> str:
         return f"{pairs[name][attr]:.2f}"
 
+    def users(name: str) -> str:
+        return f"{report['users'][name]['cpu_per_req_us']:.2f}"
+
     def cpu_ratio(a: str, b: str) -> str:
         return ratio(hello[a].median("cpu_per_req_us"), hello[b].median("cpu_per_req_us"))
 
@@ -715,6 +786,26 @@ def write(report: dict) -> None:
             ratio(cold["thread"]["first_200"], cold["process"]["first_200"]),
         ),
         (
+            "thread / process CPU per request, default install (h11 + asyncio)",
+            "≤ 1.05",
+            users("thread/process, default install"),
+        ),
+        (
+            "thread / process CPU per request, FastAPI GET /users?limit=5",
+            "≤ 1.05",
+            users("thread/process, FastAPI GET"),
+        ),
+        (
+            "thread / process CPU per request, FastAPI POST /users (JSON body)",
+            "≤ 1.05",
+            users("thread/process, FastAPI POST"),
+        ),
+        (
+            "thread / process CPU per request, 8 workers on 2 CPUs",
+            "≤ 1.10",
+            users("thread/process, 8 workers"),
+        ),
+        (
             "p99 latency at 64 connections, thread / process",
             "≤ 1.0",
             paired("thread/process", "p99_ms"),
@@ -746,6 +837,7 @@ def write(report: dict) -> None:
             + f"; gilworker / uvicorn-worker {ours / ins['uvicorn-worker']:.3f}, "
             f"gilworker / gunicorn -k asgi {ours / ins['gunicorn -k asgi']:.3f}.",
         ]
+    lines += ["", *replacements.table(report["replacements"], REPLACEMENT_SECONDS)]
     lines += [
         "",
         "Respawn to serving: " + "; ".join(report["respawn_ms"].values()),

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The benchmark in one command: bash bench/run.sh  (about 8 minutes on 2 cores)
+# The benchmark in one command: bash bench/run.sh  (about 15 minutes on 2 cores)
 # Needs wrk (Debian: apt-get install wrk); perf (apt-get install linux-perf) is optional: without
 # it the contention profile is skipped. Reuses the venvs of scripts/test-all.sh when they exist and
 # adds the servers compared against (uvicorn-worker, granian), FastAPI and matplotlib.
@@ -13,7 +13,14 @@ if [ ! -x "$VENVS/gil/bin/python" ] || [ ! -x "$VENVS/freethreaded/bin/python" ]
     python3 -m venv "$VENVS/gil" && "$VENVS/gil/bin/pip" install -q --prefer-binary ".[fast]"
     "$FT" -m venv "$VENVS/freethreaded" && "$VENVS/freethreaded/bin/pip" install -q --prefer-binary ".[fast]"
 fi
+# The default install on 3.13t, as `pip install gunicorn-gilworker` gives it (h11 + asyncio: no
+# httptools or uvloop, see pyproject.toml), editable so that it runs this checkout's code.
+if [ ! -x "$VENVS/ft-default/bin/python" ]; then
+    "$(bash scripts/build-freethreaded-python.sh)" -m venv "$VENVS/ft-default"
+fi
+"$VENVS/ft-default/bin/pip" install -q --prefer-binary -e . starlette
 # pydantic 2.12+ needs a pydantic-core with no 3.13t wheel (its source build needs the crates registry)
 "$VENVS/freethreaded/bin/pip" install -q --prefer-binary uvicorn-worker starlette fastapi "pydantic<2.12" "granian==2.7.9"
 "$VENVS/gil/bin/pip" install -q --prefer-binary uvicorn-worker starlette fastapi granian matplotlib
-exec "$VENVS/gil/bin/python" bench/run.py --ft "$VENVS/freethreaded" --gil "$VENVS/gil" "$@"
+exec "$VENVS/gil/bin/python" bench/run.py --ft "$VENVS/freethreaded" --gil "$VENVS/gil" \
+    --ft-default "$VENVS/ft-default" "$@"

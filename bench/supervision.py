@@ -56,8 +56,11 @@ def get(port: int, path: str = "/") -> str | None:
 def pss_mb(pid: int) -> float:
     total = 0
     for p in [pid, *children(pid)]:
-        with open(f"/proc/{p}/smaps_rollup") as f:
-            total += next(int(line.split()[1]) for line in f if line.startswith("Pss:"))
+        try:
+            with open(f"/proc/{p}/smaps_rollup") as f:
+                total += next(int(line.split()[1]) for line in f if line.startswith("Pss:"))
+        except (FileNotFoundError, ProcessLookupError):  # gone, or a zombie: it holds nothing
+            pass
     return total / 1024
 
 

@@ -9,7 +9,8 @@ exporter does for its per-worker data, and clean it up when the worker exits.
 import os
 
 bind = os.environ.get("BIND", "127.0.0.1:8000")
-workers = int(os.environ.get("WORKERS", "4"))
+# one event loop per CPU this server may use (README: "How many event loops"), not 2 x cores + 1
+workers = int(os.environ.get("WORKERS", len(os.sched_getaffinity(0))))
 worker_class = "gilworker"
 gil_mode = os.environ.get("GIL_MODE", "auto")
 threads = int(os.environ.get("THREADS", "1"))  # event-loop threads per worker process

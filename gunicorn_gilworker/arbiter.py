@@ -43,6 +43,7 @@ from gunicorn_gilworker.mode import (
     needs_app_import,
 )
 from gunicorn_gilworker.reload import forget_app_modules
+from gunicorn_gilworker.stack import start_up_lines
 from gunicorn_gilworker.strategies import Strategy, strategy_for
 from gunicorn_gilworker.supervision import HALT_REASONS, Ended, ThreadSupervisor, failure_status
 
@@ -90,10 +91,20 @@ class GilArbiter(Arbiter):
         if self.strategy is None:
             decision = self._decide()
             (self.log.warning if decision.forced else self.log.info)(decision.message)
+            self._log_stack(decision)
             strategy = strategy_for(decision, self)
             strategy.enter()
             self.strategy = strategy
         return self.strategy
+
+    def _log_stack(self, decision: Decision) -> None:
+        """What serves HTTP in every worker and, in thread mode, what makes it cost more."""
+        thread_mode = decision.mode == "thread"
+        loops = decision.workers * decision.threads if thread_mode else decision.workers
+        for level, line in start_up_lines(
+            self.cfg, loops, len(os.sched_getaffinity(0)), thread_mode
+        ):
+            getattr(self.log, level)(line)
 
     def _decide(self) -> Decision:
         requested = self.cfg.gil_mode

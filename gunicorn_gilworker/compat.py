@@ -52,7 +52,11 @@ SETTINGS: dict[str, tuple[Kind, str]] = {
         "http.disconnect and finishes",
     ),
     "websocket_max_message_size": (M, "uvicorn's ws_max_size: a larger message is closed 1009"),
-    "http_parser": (NA, "uvicorn parses with httptools when installed, else h11"),
+    "http_parser": (
+        M,
+        "uvicorn's HTTP implementation: fast = httptools, python = h11, auto = httptools "
+        "when installed, else h11",
+    ),
     # Security
     "limit_request_line": (H, "414, enforced by gilworker on uvicorn's parsed head"),
     "limit_request_fields": (H, "431, as limit_request_line"),

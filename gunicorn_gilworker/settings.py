@@ -103,7 +103,9 @@ class HeaderTimeout(Setting):
 
 def check_combination(cfg: Any) -> None:
     """gunicorn's settings as gilworker reads them; called by `Config.validate` (through
-    registration.py) when the worker class is gilworker. gunicorn accepts 0 for both."""
+    registration.py) when the worker class is gilworker. gunicorn accepts 0 for both counts."""
+    from gunicorn_gilworker.stack import check_installed  # uvicorn: only for gilworker's users
+
     if cfg.workers < 1:
         raise ConfigError(
             f"-w/--workers must be at least 1 with gilworker; got {cfg.workers}"
@@ -114,6 +116,7 @@ def check_combination(cfg: Any) -> None:
             f"--protocol {cfg.protocol} is not served by gilworker (uvicorn speaks HTTP): "
             "point the front end at it over HTTP (nginx: proxy_pass, not uwsgi_pass)"
         )
+    check_installed(cfg)  # --http-parser fast, --asgi-loop uvloop: their package is there
     if cfg.threads < 1:
         raise ConfigError(
             f"--threads must be at least 1 with gilworker (event-loop threads per worker "

@@ -20,13 +20,13 @@ from gunicorn.errors import AppImportError
 from gunicorn.sock import ssl_context as gunicorn_ssl_context
 from gunicorn.workers.base import Worker
 from uvicorn.config import Config
-from uvicorn.protocols.http.auto import AutoHTTPProtocol as _AutoHTTPProtocol
 from uvicorn.protocols.websockets.auto import AutoWebSocketsProtocol
 
 from gunicorn_gilworker.accepting import AcceptGate
 from gunicorn_gilworker.client_noise import UvicornClientNoise, client_noise
 from gunicorn_gilworker.compat import unserved
 from gunicorn_gilworker.faults import write_tracebacks_on_crash
+from gunicorn_gilworker.mode import gil_enabled
 from gunicorn_gilworker.request.coalesce import coalesce_writes
 from gunicorn_gilworker.request.contract import with_request_contract
 from gunicorn_gilworker.request.drain import Drain
@@ -34,8 +34,9 @@ from gunicorn_gilworker.request.forwarded import ForwardedHeaders
 from gunicorn_gilworker.request.limits import HeadLimits, guard_head, limit_websocket
 from gunicorn_gilworker.request.proxy_protocol import expect_proxy_header
 from gunicorn_gilworker.server import WorkerServer
+from gunicorn_gilworker.shared_keys import shared_dict_keys
+from gunicorn_gilworker.stack import stack_of
 
-AutoHTTPProtocol: Any = _AutoHTTPProtocol  # uvicorn's httptools protocol if installed, else h11
 DRAIN_GRACE = 1.0  # seconds an idle keep-alive connection of a stopping worker stays open
 
 
@@ -122,7 +123,7 @@ class GilWorker(Worker):
         server.drain = drain = Drain(grace=min(cfg.keepalive, DRAIN_GRACE))
         server.gate = gate = AcceptGate(server, cfg.worker_connections, self.log)
         config.http = guard_head(
-            coalesce_writes(AutoHTTPProtocol),
+            coalesce_writes(stack_of(cfg).protocol_class),
             limits,
             cfg.header_timeout,
             drain,
@@ -153,7 +154,10 @@ class GilWorker(Worker):
         write_tracebacks_on_crash(self.log)  # after gunicorn's handlers: it chains to them
 
     def run(self) -> None:
-        self.build_protocols()
+        self.build_protocols()  # imports uvicorn's protocol module (and h11), so before:
+        if self.gil_mode == "thread" and not gil_enabled():
+            # held while this thread serves: shared dicts stay lock-free (shared_keys.py)
+            self.pinned_keys = shared_dict_keys()
         config, cfg = self.config, self.cfg
         config.app = self.wsgi
         config.load()  # uvicorn's app chain; gunicorn's layers go around it

@@ -3,7 +3,8 @@
 #   - the machine's python3 (a GIL build, 3.11): ruff, mypy, then the suite (`pip install .`)
 #   - a free-threaded CPython 3.13t (built once by build-freethreaded-python.sh, reused
 #     afterwards; `pip install -e .`, so both install paths of the start-up hook are exercised)
-#   - Python 3.10 with the lowest versions pyproject admits (gunicorn 27.0.0, uvicorn 0.53.0)
+#   - Python 3.10 with the lowest versions pyproject admits (gunicorn 27.0.0, uvicorn 0.53.0,
+#     httptools 0.6.4, uvloop 0.21.0)
 #   - Python 3.12 and 3.13 (GIL builds), newest versions
 #
 #   bash scripts/test-all.sh            # what .ci/run runs
@@ -21,7 +22,7 @@ ROOT="$PWD"
 VENVS="${GILWORKER_VENVS:-$ROOT/.venvs}"
 GIL_PYTHON="${GIL_PYTHON:-python3}"
 WORKERS="${GILWORKER_TEST_PROCESSES:-3}"
-LOWEST=("gunicorn==27.0.0" "uvicorn==0.53.0")  # pyproject's floors
+LOWEST=("gunicorn==27.0.0" "uvicorn==0.53.0" "httptools==0.6.4" "uvloop==0.21.0")  # pyproject's floors
 export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_PROGRESS_BAR=off
 
 log() { echo "[test-all] $*" >&2; }

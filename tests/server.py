@@ -246,9 +246,9 @@ class Master:
 def children_of(pid: int) -> list[int]:
     """Child processes of `pid` (every thread of it may have forked some)."""
     found = []
-    with contextlib.suppress(FileNotFoundError):
+    with contextlib.suppress(FileNotFoundError, ProcessLookupError):  # gone, or a zombie
         for task in Path(f"/proc/{pid}/task").iterdir():
-            with contextlib.suppress(FileNotFoundError):
+            with contextlib.suppress(FileNotFoundError, ProcessLookupError):
                 found += [int(p) for p in (task / "children").read_text().split()]
     return found
 

@@ -77,7 +77,8 @@ def test_an_oom_kill_ends_only_its_process(gunicorn, topology):
 def pss_mb(pids: list[int]) -> float:
     total = 0
     for pid in pids:
-        with contextlib.suppress(FileNotFoundError):
+        # A worker recycled while we read is gone (ENOENT) or a zombie (ESRCH): it holds nothing.
+        with contextlib.suppress(FileNotFoundError, ProcessLookupError):
             text = Path(f"/proc/{pid}/smaps_rollup").read_text()
             total += next(
                 int(line.split()[1]) for line in text.splitlines() if line.startswith("Pss:")

@@ -2,6 +2,7 @@
 
 import asyncio
 import ctypes
+import importlib
 import json
 import os
 import signal
@@ -48,6 +49,20 @@ async def http(scope, receive, send):
             await asyncio.sleep(float(query.get("delay", ["0.01"])[0]))
         await send({"type": "http.response.body", "body": b""})
         return
+    if (
+        path == "/held-keys"
+    ):  # the tuple keys of a module's table, and whether this worker holds them
+        table = vars(importlib.import_module(query["module"][0]))[query["table"][0]]
+        keys = [key for key in table if type(key) is tuple]
+        held = {id(key) for key in worker_of_this_thread_pinned_keys()}
+        body = {
+            "keys": len(keys),
+            "held": sum(id(key) in held for key in keys),
+            "shared_counts": [shared_refcount(key) for key in keys],
+        }
+        await start(send, 200, b"application/json")
+        await send({"type": "http.response.body", "body": json.dumps(body).encode()})
+        return
     if path == "/head-first":  # the head now, the body after a pause
         await start(send, 200, b"text/plain")
         await asyncio.sleep(float(query["s"][0]))
@@ -77,6 +92,7 @@ async def http(scope, receive, send):
         "thread": threading.current_thread().name,
         "loop": id(asyncio.get_running_loop()),
         "loop_module": type(asyncio.get_running_loop()).__module__,
+        "http_module": serving_module(),
         "state_loop": state.get("loop"),
         "state_thread": state.get("thread"),
         "startups": len(STARTUPS),
@@ -114,3 +130,29 @@ async def echo(receive, send):
         text = message.get("text")
         reply = f"echo:{text}:{threading.current_thread().name}"
         await send({"type": "websocket.send", "text": reply})
+
+
+def serving_module() -> str | None:
+    """The uvicorn HTTP protocol module whose request cycle awaits this app (h11_impl or
+    httptools_impl): the calling coroutines' frames lead back to it."""
+    frame = sys._getframe(1)
+    while frame is not None:
+        name = frame.f_globals.get("__name__", "")
+        if name.startswith("uvicorn.protocols.http."):
+            return name.rsplit(".", 1)[1]
+        frame = frame.f_back
+    return None
+
+
+def shared_refcount(obj: object) -> int:
+    """A free-threaded object's ob_ref_shared (after ob_tid, flags, mutex, gc bits and the
+    local count: offset 16 in 3.13t and 3.14t's PyObject), which other threads' references
+    raise. Checked against ob_type, the next field."""
+    assert ctypes.c_void_p.from_address(id(obj) + 24).value == id(type(obj))
+    return ctypes.c_ssize_t.from_address(id(obj) + 16).value
+
+
+def worker_of_this_thread_pinned_keys() -> list:
+    """The keys the GilWorker of this thread holds: the thread runs its WorkerThread's _run."""
+    handle = getattr(getattr(threading.current_thread(), "_target", None), "__self__", None)
+    return getattr(getattr(handle, "worker", None), "pinned_keys", [])
