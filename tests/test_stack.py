@@ -136,7 +136,7 @@ def test_check_installed_passes_what_is_there():
 @pytest.mark.parametrize("table", ["h11._readers:READERS", "h11._writers:WRITERS"])
 def test_thread_workers_hold_the_keys_of_h11s_tables(gunicorn, topology, tmp_path, table):
     # h11 looks up (role, state) tuples in tables the master (or a process's main thread)
-    # made, with an equal tuple of its own (shared_keys.py): each worker thread holds them.
+    # made, with an equal tuple of its own (shared_keys.py): the worker threads' process holds them.
     # The master imports h11 here, as an app that imports httpx does.
     conf_file = conf(tmp_path, "bare.py", WITHOUT_FAST_STACK + "import h11\n")
     gunicorn.start("-c", conf_file, topology=topology)
