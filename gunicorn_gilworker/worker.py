@@ -34,7 +34,7 @@ from gunicorn_gilworker.request.forwarded import ForwardedHeaders
 from gunicorn_gilworker.request.limits import HeadLimits, guard_head, limit_websocket
 from gunicorn_gilworker.request.proxy_protocol import expect_proxy_header
 from gunicorn_gilworker.server import WorkerServer
-from gunicorn_gilworker.shared_keys import pin_shared_dict_keys
+from gunicorn_gilworker.shared_keys import hold_shared_dict_keys
 from gunicorn_gilworker.stack import stack_of
 
 DRAIN_GRACE = 1.0  # seconds an idle keep-alive connection of a stopping worker stays open
@@ -156,7 +156,8 @@ class GilWorker(Worker):
     def run(self) -> None:
         self.build_protocols()  # imports uvicorn's protocol module (and h11), so before:
         if self.gil_mode == "thread" and not gil_enabled():
-            pin_shared_dict_keys()  # shared dicts stay lock-free (shared_keys.py)
+            # held while this thread serves: shared dicts stay lock-free (shared_keys.py)
+            self.pinned_keys = hold_shared_dict_keys()
         config, cfg = self.config, self.cfg
         config.app = self.wsgi
         config.load()  # uvicorn's app chain; gunicorn's layers go around it

@@ -134,11 +134,14 @@ def test_check_installed_passes_what_is_there():
 
 @pytest.mark.skipif(not FREE_THREADED, reason="free-threaded builds: a GIL build has no such count")
 @pytest.mark.parametrize("table", ["h11._readers:READERS", "h11._writers:WRITERS"])
-def test_thread_workers_hold_the_keys_of_h11s_tables(gunicorn, topology, tmp_path, table):
-    # h11 looks up (role, state) tuples in tables the master (or a process's main thread)
-    # made, with an equal tuple of its own (shared_keys.py): the worker threads' process holds them.
-    # The master imports h11 here, as an app that imports httpx does.
-    conf_file = conf(tmp_path, "bare.py", WITHOUT_FAST_STACK + "import h11\n")
+@pytest.mark.parametrize("importer", ["master", "first worker thread"])
+def test_thread_workers_hold_the_keys_of_h11s_tables(gunicorn, topology, tmp_path, table, importer):
+    # h11 looks up (role, state) tuples in tables made by the thread that imported it, with an
+    # equal tuple of its own (shared_keys.py): each worker thread holds them. The master imports
+    # h11 when the app or conf does (an app that imports httpx); else the first worker thread
+    # to build uvicorn's h11 protocol does, and only the other threads' references count.
+    master_imports = "import h11\n" if importer == "master" else ""
+    conf_file = conf(tmp_path, "bare.py", WITHOUT_FAST_STACK + master_imports)
     gunicorn.start("-c", conf_file, topology=topology)
     module, name = table.split(":")
     answers = [

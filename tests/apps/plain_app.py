@@ -11,8 +11,6 @@ import threading
 import time
 from urllib.parse import parse_qs
 
-from gunicorn_gilworker.shared_keys import pinned_keys
-
 IMPORTED_IN_PID = os.getpid()
 STARTUPS: list[int] = []  # one entry per lifespan startup in this process
 KEPT: list[bytearray] = []  # /leak keeps memory here, as a leaking app would
@@ -53,10 +51,10 @@ async def http(scope, receive, send):
         return
     if (
         path == "/held-keys"
-    ):  # the tuple keys of a module's table, and whether this worker's process holds them
+    ):  # the tuple keys of a module's table, and whether this worker holds them
         table = vars(importlib.import_module(query["module"][0]))[query["table"][0]]
         keys = [key for key in table if type(key) is tuple]
-        held = {id(key) for key in pinned_keys()}
+        held = {id(key) for key in worker_of_this_thread_pinned_keys()}
         body = {
             "keys": len(keys),
             "held": sum(id(key) in held for key in keys),
@@ -152,3 +150,9 @@ def shared_refcount(obj: object) -> int:
     raise. Checked against ob_type, the next field."""
     assert ctypes.c_void_p.from_address(id(obj) + 24).value == id(type(obj))
     return ctypes.c_ssize_t.from_address(id(obj) + 16).value
+
+
+def worker_of_this_thread_pinned_keys() -> list:
+    """The keys the GilWorker of this thread holds: the thread runs its WorkerThread's _run."""
+    handle = getattr(getattr(threading.current_thread(), "_target", None), "__self__", None)
+    return getattr(getattr(handle, "worker", None), "pinned_keys", [])
