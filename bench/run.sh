@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The benchmark in one command: bash bench/run.sh  (about 15 minutes on 2 cores)
+# The benchmark in one command: bash bench/run.sh  (about 20 minutes on 2 cores)
 # Needs wrk (Debian: apt-get install wrk); perf (apt-get install linux-perf) is optional: without
 # it the contention profile is skipped. Reuses the venvs of scripts/test-all.sh when they exist and
 # adds the servers compared against (uvicorn-worker, granian), FastAPI and matplotlib.
