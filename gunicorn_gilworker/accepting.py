@@ -12,10 +12,11 @@ A worker stops accepting, and takes connections again, for two reasons:
   (CPython gh-151615, fixed after 3.13.5). So a worker stops accepting before that: once the
   process has three quarters of its limit open it counts `/proc/self/fd` at every new
   connection, stops at `limit - reserve`, and accepts again once below it (checked every 0.1 s).
-  asyncio accepts a whole backlog's worth of connections in one callback before any protocol
-  sees one, so under a burst it meets EMFILE anyway; it reports that, and the worker pauses the
-  same way (uvloop reports nothing, but accepts one connection at a time, so the count stops
-  it first). Each episode is logged once per process.
+  Both loops accept a whole backlog's worth of connections in one callback before any protocol
+  sees one, so a burst larger than the reserve meets EMFILE anyway: asyncio reports it, and the
+  worker pauses the same way; libuv closes the rest of that backlog (its spare-descriptor trick)
+  and reports nothing, and the count stops the worker at the next connection. Each episode is
+  logged once per process (one FdBudget per process, per_process.py).
 
 The threaded topologies raise the soft limit to the hard one at start (`raise_fd_limit`).
 """
@@ -27,6 +28,8 @@ import os
 import resource
 import threading
 from typing import Any, Protocol
+
+from gunicorn_gilworker.per_process import PerProcess
 
 FD_ERRORS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 _FD_DIR = "/proc/self/fd"
@@ -117,16 +120,12 @@ class FdBudget:
             return not self.paused
 
 
-_BUDGET: FdBudget | None = None
-_BUDGET_PID = 0
+_BUDGET: PerProcess[FdBudget] = PerProcess()
 
 
 def fd_budget() -> FdBudget:
     """This process's FdBudget (a forked child makes its own, with its own limit)."""
-    global _BUDGET, _BUDGET_PID
-    if _BUDGET is None or os.getpid() != _BUDGET_PID:
-        _BUDGET, _BUDGET_PID = FdBudget(), os.getpid()
-    return _BUDGET
+    return _BUDGET.get(FdBudget)
 
 
 class Listening(Protocol):

@@ -14,10 +14,11 @@ and statsd counts go out from each worker's tick (every 0.1 s), `flush`.
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from typing import Any
+
+from gunicorn_gilworker.per_process import PerProcess
 
 INTERVAL = 60.0
 
@@ -89,13 +90,9 @@ class UvicornClientNoise(logging.Filter):
         return True
 
 
-_NOISE: ClientNoise | None = None
-_NOISE_PID = 0
+_NOISE: PerProcess[ClientNoise] = PerProcess()
 
 
 def client_noise(log: Any) -> ClientNoise:
     """This process's ClientNoise (a forked child makes its own)."""
-    global _NOISE, _NOISE_PID
-    if _NOISE is None or os.getpid() != _NOISE_PID:
-        _NOISE, _NOISE_PID = ClientNoise(log), os.getpid()
-    return _NOISE
+    return _NOISE.get(lambda: ClientNoise(log))

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from server import PROCESSES_OF_THREADS, THREADS, background_request, request, wait_for
+from server import THREADS, background_request, request, wait_for
 
 from gunicorn_gilworker.client_noise import KINDS, ClientNoise
 
@@ -54,12 +54,8 @@ def limit_to(soft: int, hard: int):
 
 @pytest.mark.parametrize("loop", ["uvloop", "asyncio"])
 def test_at_the_descriptor_limit_workers_pause_then_serve_again(
-    gunicorn, topology, loop, many_descriptors, request
+    gunicorn, topology, loop, many_descriptors
 ):
-    if topology == PROCESSES_OF_THREADS and loop == "uvloop":
-        # Open bug (issue 15): about 1 run in 5 here, a worker process of two uvloop loops
-        # neither pauses nor logs, and holds fewer connections than its limit.
-        request.applymarker(pytest.mark.xfail(reason="issue 15: uvloop loops of a worker process"))
     # One process at its limit, with two loops where the topology has threads: the limit is per
     # process, so 2 worker processes would hold up to 2 x 973 of the 2,000 and might never reach it.
     workers = 2 if topology == THREADS else 1
