@@ -20,15 +20,15 @@ class PerProcess(Generic[T]):
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._value: T | None = None
-        self._pid = 0
         os.register_at_fork(after_in_child=self._forked)
 
     def _forked(self) -> None:
         self._lock = threading.Lock()
+        self._value = None
 
     def get(self, make: Callable[[], T]) -> T:
         """This process's object, made with `make` on first use."""
         with self._lock:
-            if self._value is None or self._pid != os.getpid():
-                self._value, self._pid = make(), os.getpid()
+            if self._value is None:
+                self._value = make()
             return self._value
