@@ -30,12 +30,16 @@ def test_starlette_example_with_its_conf_file(gunicorn, topology, tmp_path):
         env=env,
         mode=None,
     )
-    files = wait_for(
-        lambda: len(list(worker_dir.iterdir())) == 3 and list(worker_dir.iterdir()),
-        20,
-        "a marker file per worker",
-    )
-    assert {f.read_text() for f in files} == {topology.worker_kind}
+
+    def written() -> list[str] | None:
+        # post_fork creates the file, then writes the mode: read it once it has been written
+        if not worker_dir.is_dir():
+            return None
+        kinds = [f.read_text() for f in worker_dir.iterdir()]
+        return kinds if len(kinds) == 3 and all(kinds) else None
+
+    kinds = wait_for(written, 20, "a marker file per worker")
+    assert set(kinds) == {topology.worker_kind}
     for _ in range(10):
         body = request(gunicorn.port).json()
         assert body["db"] == "ok"
