@@ -11,7 +11,9 @@ subclass overrides only its documented seams:
   a child process to gunicorn's own code (with its exit status kept for the crash budget);
 - `setup`: after a HUP, forget the strategy (the new configuration chooses again) and, where
   the master imported the app for its workers, the app's modules (new code);
-- `handle_usr1`: the crash tracebacks follow the reopened error log.
+- `handle_usr1`: the crash tracebacks follow the reopened error log;
+- `WORKERS`: a map whose walks see one moment of it, as gunicornc's thread walks it too
+  (`worker_map.py`).
 """
 
 from __future__ import annotations
@@ -46,10 +48,12 @@ from gunicorn_gilworker.reload import forget_app_modules
 from gunicorn_gilworker.stack import start_up_lines
 from gunicorn_gilworker.strategies import Strategy, strategy_for
 from gunicorn_gilworker.supervision import HALT_REASONS, Ended, ThreadSupervisor, failure_status
+from gunicorn_gilworker.worker_map import WorkerMap
 
 
 class GilArbiter(Arbiter):
     def __init__(self, app: Any) -> None:
+        self.WORKERS: dict[int, Any] = WorkerMap()  # gunicornc's thread walks it too
         self.strategy: Strategy | None = None  # chosen when the first worker of a config starts
         self.app_in_master = False  # the master imported the app for its workers to share
         self.gil_watch: GilWatch | None = None

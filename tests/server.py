@@ -371,5 +371,4 @@ def in_process_arbiter(tmp_path: Path, **options: object):
 
     arbiter = GilArbiter(App())
     arbiter.pid = 0
-    arbiter.WORKERS = {}  # gunicorn keeps it on the class: not shared between test arbiters
     return arbiter
