@@ -17,6 +17,7 @@ finished ones (and, in the master, abandons a thread that outlived its abort).
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import signal
 import socket
@@ -24,7 +25,7 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -47,11 +48,29 @@ class Notices(Protocol):
     def put_nowait(self, item: int, /) -> None: ...
 
 
+_aborted = threading.local()  # per worker thread: what it does first when aborted
+
+
+def when_aborted(first: Callable[[], None]) -> None:
+    """Have this thread call `first` as soon as a WorkerAbort is raised into it."""
+    _aborted.first = first
+
+
 class WorkerAbort(SystemExit):
-    """Raised into a worker thread on SIGABRT, as gunicorn's abort handler exits with 1."""
+    """Raised into a worker thread on SIGABRT, as gunicorn's abort handler exits with 1.
+
+    CPython makes the exception in the aborted thread, the moment that thread runs Python code
+    again and before its event loop gets control back: the thread stops accepting there and then.
+    The stop asked of its loop from the master comes later: uvloop polls its listeners once more
+    first, and a connection it accepts then would be closed unanswered as the worker ends."""
 
     def __init__(self, *args: object) -> None:
         super().__init__(1)
+        first = getattr(_aborted, "first", None)
+        if first is not None:
+            _aborted.first = None  # once, however many times the exception is made
+            with contextlib.suppress(Exception):  # the abort goes on regardless
+                first()
 
 
 def exit_status(code: object) -> int:

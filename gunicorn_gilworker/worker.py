@@ -36,6 +36,7 @@ from gunicorn_gilworker.request.proxy_protocol import expect_proxy_header
 from gunicorn_gilworker.server import WorkerServer
 from gunicorn_gilworker.shared_keys import hold_shared_dict_keys
 from gunicorn_gilworker.stack import stack_of
+from gunicorn_gilworker.supervision import when_aborted
 
 DRAIN_GRACE = 1.0  # seconds an idle keep-alive connection of a stopping worker stays open
 
@@ -155,6 +156,8 @@ class GilWorker(Worker):
 
     def run(self) -> None:
         self.build_protocols()  # imports uvicorn's protocol module (and h11), so before:
+        if self.gil_mode == "thread":
+            when_aborted(self.server.stop_accepting)
         if self.gil_mode == "thread" and not gil_enabled():
             # held while this thread serves: shared dicts stay lock-free (shared_keys.py)
             self.pinned_keys = hold_shared_dict_keys()
@@ -242,6 +245,9 @@ class GilWorker(Worker):
         self.quit()
 
     def handle_abort(self, sig: int, frame: Any) -> None:
+        # This is the loop's thread: stop accepting before the loop runs again, as a thread
+        # does when aborted (supervision.WorkerAbort); uvicorn goes on after the SystemExit.
+        self.server.stop_accepting()
         self.abort()
         sys.exit(1)
 

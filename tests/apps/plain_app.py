@@ -82,9 +82,10 @@ async def http(scope, receive, send):
         print(f"csleep started in {os.getpid()}", file=sys.stderr, flush=True)  # in the log
         time.sleep(float(query["s"][0]))
     elif path == "/block":  # blocks the event loop, in small steps an async exception can stop
+        print(f"block started in {os.getpid()}", file=sys.stderr, flush=True)  # in the log
         deadline = time.monotonic() + float(query["s"][0])
         while time.monotonic() < deadline:
-            time.sleep(0.05)
+            time.sleep(0.005)
     state = scope.get("state", {})
     body = {
         "pid": os.getpid(),
