@@ -18,14 +18,32 @@ def pytest_report_header() -> str:
     return f"gilworker tests on {sys.version.split()[0]} ({build} build)"
 
 
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> pytest.TestReport:
+    report = yield
+    if report.when == "call":
+        item.stash[CALL_FAILED] = report.failed
+    return report
+
+
+CALL_FAILED = pytest.StashKey[bool]()
+LOG_LINES_SHOWN = 80
+
+
 @pytest.fixture
-def gunicorn(tmp_path: Path) -> Iterator[Launcher]:
-    """Starts masters for the test; kills and reaps every one of them afterwards."""
+def gunicorn(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Launcher]:
+    """Starts masters for the test; kills and reaps every one of them afterwards. A failed
+    test's report ends with the last lines of each master's log (what CI keeps of a run)."""
     launcher = Launcher(tmp_path)
     try:
         yield launcher
     finally:
         launcher.stop_all()
+        if request.node.stash.get(CALL_FAILED, False):
+            for number, master in enumerate(launcher.masters):
+                lines = master.log.splitlines()[-LOG_LINES_SHOWN:]
+                print(f"--- master {number}: the last {len(lines)} lines of its log ---")
+                print("\n".join(lines))
 
 
 @pytest.fixture(params=TOPOLOGIES, ids=str)
