@@ -133,5 +133,4 @@ class WorkerServer(uvicorn.Server):
         self.force_exit = self.force_exit or force
         # Stop accepting now, not at uvicorn's next tick (up to 0.1 s later): a successor, or
         # the other workers, take the new connections meanwhile.
-        for server in getattr(self, "servers", ()):  # uvicorn's asyncio servers, set in startup
-            server.close()
+        self.stop_accepting()

@@ -158,9 +158,9 @@ class GilWorker(Worker):
         self.build_protocols()  # imports uvicorn's protocol module (and h11), so before:
         if self.gil_mode == "thread":
             when_aborted(self.server.stop_accepting)
-        if self.gil_mode == "thread" and not gil_enabled():
-            # held while this thread serves: shared dicts stay lock-free (shared_keys.py)
-            self.pinned_keys = hold_shared_dict_keys()
+            if not gil_enabled():
+                # held while this thread serves: shared dicts stay lock-free (shared_keys.py)
+                self.pinned_keys = hold_shared_dict_keys()
         config, cfg = self.config, self.cfg
         config.app = self.wsgi
         config.load()  # uvicorn's app chain; gunicorn's layers go around it
