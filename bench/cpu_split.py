@@ -1,0 +1,203 @@
+"""Where thread mode's extra CPU per request goes on 3.13t: user time or kernel time, and which
+system calls and which locks make the kernel's share.
+
+    python bench/cpu_split.py --ft .venvs/freethreaded [--rounds 8] [--path "/users?limit=5"]
+
+Thread and process mode (2 workers), each started anew for every round (A B, then B A, ...).
+Per start and per request: user and system CPU (utime, stime of the master and its children,
+from /proc), context switches and the sched_yield and futex calls of the server's threads
+(`perf stat` on tracepoints), and what the sched_yield calls were waiting for: a `perf record`
+of them with call stacks, each stack put under the first lock it shows (3.13t's `PyMutex`
+spins with `sched_yield` before it sleeps, so a contended lock shows as yields). Needs root for
+perf; the stack split needs an interpreter with debug info (scripts/build-freethreaded-python.sh).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import signal
+import statistics
+import subprocess
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+
+from run import HERE, REALISTIC, TICK, Server, Setup, family
+
+SYSCALLS = ("sched_yield", "futex")
+EVENTS = ("context-switches", *(f"syscalls:sys_enter_{name}" for name in SYSCALLS))
+# A yield's lock: the first of these whose marks show among the stack's innermost frames (a
+# critical section on the type lock shows both the lookup and _PyCriticalSection_BeginSlow).
+LOCKS = (
+    (
+        "the type lock (a lookup that missed the type cache)",
+        ("_PyType_LookupRef", "do_super_lookup"),
+    ),
+    ("an object's lock (critical section)", ("_PyCriticalSection_BeginSlow",)),
+    (
+        "a threading.Lock in a thread with no event loop (a pool thread)",
+        ("lock_PyThread_acquire_lock",),
+    ),
+)
+INNERMOST = 12
+LOOP = "uvloop"  # or asyncio's run_forever: an event loop's thread
+
+
+def times(pid: int) -> tuple[float, float]:
+    """User and system CPU seconds of the master and its children."""
+    user = system = 0
+    for p in family(pid):
+        try:
+            with open(f"/proc/{p}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except FileNotFoundError:
+            continue
+        user += int(fields[11])
+        system += int(fields[12])
+    return user / TICK, system / TICK
+
+
+def wrk(port: int, path: str, seconds: int) -> int:
+    """Requests done; `path` may name a wrk script after a space (bench/post_user.lua POSTs)."""
+    path, _, script = path.partition(" ")
+    scripted = ["-s", str(HERE / script)] if script else []
+    url = f"http://127.0.0.1:{port}{path}"
+    out = subprocess.run(
+        ["wrk", "-t1", "-c64", f"-d{seconds}s", *scripted, url],
+        capture_output=True,
+        text=True,
+        timeout=seconds + 60,
+    ).stdout
+    found = re.search(r"(\d+) requests in", out)
+    if not found:
+        raise RuntimeError(f"wrk gave no result for {url}:\n{out}")
+    return int(found.group(1))
+
+
+def perf_on(pids: list[int], argv: list[str]) -> subprocess.Popen:
+    perf = subprocess.Popen(
+        ["perf", *argv, "-p", ",".join(map(str, pids))],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    time.sleep(0.5)  # attached
+    return perf
+
+
+def stop(perf: subprocess.Popen) -> str:
+    perf.send_signal(signal.SIGINT)
+    return perf.communicate(timeout=120)[1]
+
+
+def counted(server: Server, path: str, seconds: int) -> dict[str, float]:
+    """Per request: user and system µs, context switches, sched_yield and futex calls."""
+    perf = perf_on(family(server.proc.pid), ["stat", "-x,", "-e", ",".join(EVENTS)])
+    user0, system0 = times(server.proc.pid)
+    requests = wrk(server.port, path, seconds)
+    user1, system1 = times(server.proc.pid)
+    row = {
+        "user µs": (user1 - user0) / requests * 1e6,
+        "sys µs": (system1 - system0) / requests * 1e6,
+    }
+    for line in stop(perf).splitlines():
+        fields = line.split(",")
+        if len(fields) > 2 and fields[0].isdigit():
+            row[fields[2].removeprefix("syscalls:sys_enter_")] = int(fields[0]) / requests
+    return row
+
+
+def yields_by_lock(server: Server, path: str, seconds: int) -> Counter[str]:
+    """Shares (0..1) of the sched_yield calls, by the lock each one waited for."""
+    with tempfile.TemporaryDirectory() as tmp:
+        data = os.path.join(tmp, "perf.data")
+        argv = ["record", "-q", "-o", data, "-m", "4096", "--call-graph", "dwarf,8192"]
+        perf = perf_on(family(server.proc.pid), [*argv, "-e", "syscalls:sys_enter_sched_yield"])
+        wrk(server.port, path, seconds)
+        stop(perf)
+        script = subprocess.run(
+            ["perf", "script", "-i", data, "-F", "ip,sym"],
+            capture_output=True,
+            text=True,
+            timeout=600,
+        ).stdout
+    shares: Counter[str] = Counter()
+    for sample in script.split("\n\n"):
+        if not sample.strip():
+            continue
+        shares[lock_of(sample.split("\n"))] += 1
+    total = sum(shares.values()) or 1
+    return Counter({lock: n / total for lock, n in shares.items()})
+
+
+def lock_of(frames: list[str]) -> str:
+    inner = frames[:INNERMOST]
+    for lock, marks in LOCKS:
+        if any(mark in frame for frame in inner for mark in marks):
+            if "threading.Lock" in lock and any(LOOP in f or "run_forever" in f for f in frames):
+                return "a threading.Lock in an event loop's thread"
+            return lock
+    return "other"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--ft", type=Path, required=True, help="free-threaded venv")
+    parser.add_argument("--rounds", type=int, default=8)
+    parser.add_argument("--path", default="/users?limit=5", help='"/" is the hello route')
+    parser.add_argument("--app", help="default: app:app for /, else the FastAPI app")
+    parser.add_argument(
+        "--dependencies",
+        choices=("sync", "async"),
+        default="sync",
+        help="the FastAPI app's dependencies: functions (run in its thread pool) or coroutines",
+    )
+    args = parser.parse_args()
+    os.environ["BENCH_DEPENDENCIES"] = args.dependencies  # read by realistic_app.py
+    app = args.app or ("app:app" if args.path == "/" else REALISTIC)
+    setups = [
+        Setup(mode, args.ft / "bin", f"gilworker-{mode}", app=app) for mode in ("thread", "process")
+    ]
+    rows: dict[str, list[dict[str, float]]] = {s.name: [] for s in setups}
+    locks: dict[str, Counter[str]] = {s.name: Counter() for s in setups}
+    for i in range(args.rounds):
+        for setup in setups if i % 2 == 0 else setups[::-1]:
+            server = Server(setup).start()
+            try:
+                wrk(server.port, args.path, 1)  # warm-up
+                rows[setup.name].append(counted(server, args.path, 2))
+                locks[setup.name].update(yields_by_lock(server, args.path, 1))
+            finally:
+                server.stop()
+
+    keys = list(rows["thread"][0])
+    title = f"3.13t, {app} {args.path} ({args.dependencies} dependencies), 2 workers"
+    print(f"| {title}, medians over {args.rounds} starts | " + " | ".join(keys) + " |")
+    print("| --- " * (len(keys) + 1) + "|")
+    for name, found in rows.items():
+        cells = [f"{statistics.median(r.get(k, 0.0) for r in found):.1f}" for k in keys]
+        print(f"| {name} | " + " | ".join(cells) + " |")
+    pairs = list(zip(rows["thread"], rows["process"], strict=True))
+    total = [(t["user µs"] + t["sys µs"]) / (p["user µs"] + p["sys µs"]) for t, p in pairs]
+    user = [t["user µs"] / p["user µs"] for t, p in pairs]
+    extra_system = [t["sys µs"] - p["sys µs"] for t, p in pairs]
+    print(
+        f"\nthread / process CPU per request: {statistics.median(total):.3f} "
+        f"(user time alone {statistics.median(user):.3f}); "
+        f"extra system time {statistics.median(extra_system):.0f} µs/req"
+    )
+    print("\nsched_yield calls per request, by the lock they waited for:")
+    for name, shares in locks.items():
+        per_request = statistics.median(r.get("sched_yield", 0.0) for r in rows[name])
+        parts = (
+            f"{lock} {per_request * share / args.rounds:.1f}"
+            for lock, share in shares.most_common()
+        )
+        print(f"- {name}: " + "; ".join(parts))
+
+
+if __name__ == "__main__":
+    main()
