@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import signal
 import statistics
 import subprocess
@@ -25,10 +24,12 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from run import HERE, REALISTIC, TICK, Server, Setup, family
+from run import REALISTIC, Server, Setup, cpu_times, family, run_wrk
 
+CONNECTIONS = 64
 SYSCALLS = ("sched_yield", "futex")
 EVENTS = ("context-switches", *(f"syscalls:sys_enter_{name}" for name in SYSCALLS))
+POOL_LOCK = "a threading.Lock in a thread with no event loop (a pool thread)"
 # A yield's lock: the first of these whose marks show among the stack's innermost frames (a
 # critical section on the type lock shows both the lookup and _PyCriticalSection_BeginSlow).
 LOCKS = (
@@ -37,44 +38,10 @@ LOCKS = (
         ("_PyType_LookupRef", "do_super_lookup"),
     ),
     ("an object's lock (critical section)", ("_PyCriticalSection_BeginSlow",)),
-    (
-        "a threading.Lock in a thread with no event loop (a pool thread)",
-        ("lock_PyThread_acquire_lock",),
-    ),
+    (POOL_LOCK, ("lock_PyThread_acquire_lock",)),
 )
 INNERMOST = 12
 LOOP = "uvloop"  # or asyncio's run_forever: an event loop's thread
-
-
-def times(pid: int) -> tuple[float, float]:
-    """User and system CPU seconds of the master and its children."""
-    user = system = 0
-    for p in family(pid):
-        try:
-            with open(f"/proc/{p}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except FileNotFoundError:
-            continue
-        user += int(fields[11])
-        system += int(fields[12])
-    return user / TICK, system / TICK
-
-
-def wrk(port: int, path: str, seconds: int) -> int:
-    """Requests done; `path` may name a wrk script after a space (bench/post_user.lua POSTs)."""
-    path, _, script = path.partition(" ")
-    scripted = ["-s", str(HERE / script)] if script else []
-    url = f"http://127.0.0.1:{port}{path}"
-    out = subprocess.run(
-        ["wrk", "-t1", "-c64", f"-d{seconds}s", *scripted, url],
-        capture_output=True,
-        text=True,
-        timeout=seconds + 60,
-    ).stdout
-    found = re.search(r"(\d+) requests in", out)
-    if not found:
-        raise RuntimeError(f"wrk gave no result for {url}:\n{out}")
-    return int(found.group(1))
 
 
 def perf_on(pids: list[int], argv: list[str]) -> subprocess.Popen:
@@ -96,9 +63,9 @@ def stop(perf: subprocess.Popen) -> str:
 def counted(server: Server, path: str, seconds: int) -> dict[str, float]:
     """Per request: user and system µs, context switches, sched_yield and futex calls."""
     perf = perf_on(family(server.proc.pid), ["stat", "-x,", "-e", ",".join(EVENTS)])
-    user0, system0 = times(server.proc.pid)
-    requests = wrk(server.port, path, seconds)
-    user1, system1 = times(server.proc.pid)
+    user0, system0 = cpu_times(server.proc.pid)
+    requests, _ = run_wrk(server.port, path, seconds, CONNECTIONS)
+    user1, system1 = cpu_times(server.proc.pid)
     row = {
         "user µs": (user1 - user0) / requests * 1e6,
         "sys µs": (system1 - system0) / requests * 1e6,
@@ -116,7 +83,7 @@ def yields_by_lock(server: Server, path: str, seconds: int) -> Counter[str]:
         data = os.path.join(tmp, "perf.data")
         argv = ["record", "-q", "-o", data, "-m", "4096", "--call-graph", "dwarf,8192"]
         perf = perf_on(family(server.proc.pid), [*argv, "-e", "syscalls:sys_enter_sched_yield"])
-        wrk(server.port, path, seconds)
+        run_wrk(server.port, path, seconds, CONNECTIONS)
         stop(perf)
         script = subprocess.run(
             ["perf", "script", "-i", data, "-F", "ip,sym"],
@@ -137,7 +104,7 @@ def lock_of(frames: list[str]) -> str:
     inner = frames[:INNERMOST]
     for lock, marks in LOCKS:
         if any(mark in frame for frame in inner for mark in marks):
-            if "threading.Lock" in lock and any(LOOP in f or "run_forever" in f for f in frames):
+            if lock == POOL_LOCK and any(LOOP in f or "run_forever" in f for f in frames):
                 return "a threading.Lock in an event loop's thread"
             return lock
     return "other"
@@ -167,7 +134,7 @@ def main() -> None:
         for setup in setups if i % 2 == 0 else setups[::-1]:
             server = Server(setup).start()
             try:
-                wrk(server.port, args.path, 1)  # warm-up
+                run_wrk(server.port, args.path, 1, CONNECTIONS)  # warm-up
                 rows[setup.name].append(counted(server, args.path, 2))
                 locks[setup.name].update(yields_by_lock(server, args.path, 1))
             finally:

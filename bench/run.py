@@ -61,16 +61,22 @@ def family(pid: int) -> list[int]:
     return pids
 
 
-def cpu_seconds(pid: int) -> float:
-    total = 0
+def cpu_times(pid: int) -> tuple[float, float]:
+    """User and system CPU seconds of the master and its descendants (all their threads)."""
+    user = system = 0
     for p in family(pid):
         try:
             with open(f"/proc/{p}/stat") as f:
                 fields = f.read().rsplit(")", 1)[1].split()
-            total += int(fields[11]) + int(fields[12])  # utime, stime (this process, all threads)
+            user += int(fields[11])  # utime
+            system += int(fields[12])  # stime
         except FileNotFoundError:
             pass
-    return total / TICK
+    return user / TICK, system / TICK
+
+
+def cpu_seconds(pid: int) -> float:
+    return sum(cpu_times(pid))
 
 
 def pss_mb(pid: int) -> float:
@@ -229,11 +235,11 @@ def to_ms(wrk_output: str, percentile: str) -> float:
     return float(found.group(1)) * {"us": 0.001, "ms": 1, "s": 1000}[found.group(2)]
 
 
-def load(server: Server, path: str, seconds: float, connections: int) -> Round:
-    """`path` may name a wrk script after a space: "/users bench/post_user.lua" POSTs."""
+def run_wrk(port: int, path: str, seconds: float, connections: int) -> tuple[int, str]:
+    """Requests done and wrk's report. `path` may name a wrk script after a space:
+    "/users bench/post_user.lua" POSTs."""
     path, _, script = path.partition(" ")
-    url = f"http://127.0.0.1:{server.port}{path}"
-    cpu0 = cpu_seconds(server.proc.pid)
+    url = f"http://127.0.0.1:{port}{path}"
     scripted = ["-s", str(HERE / script)] if script else []
     out = subprocess.run(
         ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", *scripted, url],
@@ -241,11 +247,16 @@ def load(server: Server, path: str, seconds: float, connections: int) -> Round:
         text=True,
         timeout=seconds + 60,
     ).stdout
-    cpu = cpu_seconds(server.proc.pid) - cpu0
     done = re.search(r"(\d+) requests in", out)
     if not done:
         raise RuntimeError(f"wrk gave no result for {url}:\n{out}")
-    requests = int(done.group(1))
+    return int(done.group(1)), out
+
+
+def load(server: Server, path: str, seconds: float, connections: int) -> Round:
+    cpu0 = cpu_seconds(server.proc.pid)
+    requests, out = run_wrk(server.port, path, seconds, connections)
+    cpu = cpu_seconds(server.proc.pid) - cpu0
     return Round(
         rps=float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
         cpu_per_req_us=cpu / max(requests, 1) * 1e6,
