@@ -41,7 +41,7 @@ LOCKS = (
     (POOL_LOCK, ("lock_PyThread_acquire_lock",)),
 )
 INNERMOST = 12
-LOOP = "uvloop"  # or asyncio's run_forever: an event loop's thread
+LOOP_MARKS = ("uvloop", "run_forever")  # frames only an event loop's thread has (uvloop, asyncio)
 
 
 def perf_on(pids: list[int], argv: list[str]) -> subprocess.Popen:
@@ -104,7 +104,7 @@ def lock_of(frames: list[str]) -> str:
     inner = frames[:INNERMOST]
     for lock, marks in LOCKS:
         if any(mark in frame for frame in inner for mark in marks):
-            if lock == POOL_LOCK and any(LOOP in f or "run_forever" in f for f in frames):
+            if lock == POOL_LOCK and any(m in f for f in frames for m in LOOP_MARKS):
                 return "a threading.Lock in an event loop's thread"
             return lock
     return "other"
