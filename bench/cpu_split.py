@@ -10,12 +10,18 @@ from /proc), context switches and the sched_yield and futex calls of the server'
 of them with call stacks, each stack put under the first lock it shows (3.13t's `PyMutex`
 spins with `sched_yield` before it sleeps, so a contended lock shows as yields). Needs root for
 perf; the stack split needs an interpreter with debug info (scripts/build-freethreaded-python.sh).
+
+`--functions N` also samples where the CPU goes (`perf record -e cpu-clock`) and lists the N
+functions whose CPU per request differs most between the modes. `--workers 1` shows what is left
+with no second worker thread to contend with; `--config bench/cpython/immortal_conf.py` (both
+modes) what is left once no thread counts references to the objects they share.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import re
 import signal
 import statistics
 import subprocess
@@ -41,6 +47,8 @@ LOCKS = (
     (POOL_LOCK, ("lock_PyThread_acquire_lock",)),
 )
 INNERMOST = 12
+# A line of `perf report --sort sym`: "  12.34%  [.] _PyEval_EvalFrameDefault"
+SAMPLE_SHARE = re.compile(r"^\s*(?P<percent>[\d.]+)%\s+\[.\]\s+(?P<function>.+?)\s*$")
 LOOP_MARKS = ("uvloop", "run_forever")  # frames only an event loop's thread has (uvloop, asyncio)
 
 
@@ -100,6 +108,27 @@ def yields_by_lock(server: Server, path: str, seconds: int) -> Counter[str]:
     return Counter({lock: n / total for lock, n in shares.items()})
 
 
+def cpu_by_function(server: Server, path: str, seconds: int) -> dict[str, float]:
+    """CPU µs per request of each function (its own samples, not its callees')."""
+    with tempfile.TemporaryDirectory() as tmp:
+        data = os.path.join(tmp, "perf.data")
+        argv = ["record", "-q", "-o", data, "-e", "cpu-clock", "-F", "1999"]
+        perf = perf_on(family(server.proc.pid), argv)
+        user0, system0 = cpu_times(server.proc.pid)
+        requests, _ = run_wrk(server.port, path, seconds, CONNECTIONS)
+        user1, system1 = cpu_times(server.proc.pid)
+        stop(perf)
+        report = subprocess.run(
+            ["perf", "report", "-i", data, "--stdio", "-q", "--sort", "sym"],
+            capture_output=True,
+            text=True,
+            timeout=600,
+        ).stdout
+    per_request = ((user1 - user0) + (system1 - system0)) / requests * 1e6
+    shares = (SAMPLE_SHARE.match(line) for line in report.splitlines())
+    return {m["function"]: float(m["percent"]) / 100 * per_request for m in shares if m}
+
+
 def lock_of(frames: list[str]) -> str:
     inner = frames[:INNERMOST]
     for lock, marks in LOCKS:
@@ -122,14 +151,22 @@ def main() -> None:
         default="sync",
         help="the FastAPI app's dependencies: functions (run in its thread pool) or coroutines",
     )
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--config", type=Path, help="a gunicorn config file for both modes")
+    parser.add_argument(
+        "--functions", type=int, default=0, help="list the N functions that differ most"
+    )
     args = parser.parse_args()
     os.environ["BENCH_DEPENDENCIES"] = args.dependencies  # read by realistic_app.py
     app = args.app or ("app:app" if args.path == "/" else REALISTIC)
+    options = ("-c", str(args.config.resolve())) if args.config else ()
     setups = [
-        Setup(mode, args.ft / "bin", f"gilworker-{mode}", app=app) for mode in ("thread", "process")
+        Setup(mode, args.ft / "bin", f"gilworker-{mode}", args.workers, app, options=options)
+        for mode in ("thread", "process")
     ]
     rows: dict[str, list[dict[str, float]]] = {s.name: [] for s in setups}
     locks: dict[str, Counter[str]] = {s.name: Counter() for s in setups}
+    functions: dict[str, Counter[str]] = {s.name: Counter() for s in setups}
     for i in range(args.rounds):
         for setup in setups if i % 2 == 0 else setups[::-1]:
             server = Server(setup).start()
@@ -137,11 +174,15 @@ def main() -> None:
                 run_wrk(server.port, args.path, 1, CONNECTIONS)  # warm-up
                 rows[setup.name].append(counted(server, args.path, 2))
                 locks[setup.name].update(yields_by_lock(server, args.path, 1))
+                if args.functions:
+                    functions[setup.name].update(cpu_by_function(server, args.path, 2))
             finally:
                 server.stop()
 
     keys = list(rows["thread"][0])
-    title = f"3.13t, {app} {args.path} ({args.dependencies} dependencies), 2 workers"
+    title = f"3.13t, {app} {args.path} ({args.dependencies} dependencies), {args.workers} workers"
+    if args.config:
+        title += f", -c {args.config.name}"
     print(f"| {title}, medians over {args.rounds} starts | " + " | ".join(keys) + " |")
     print("| --- " * (len(keys) + 1) + "|")
     for name, found in rows.items():
@@ -164,6 +205,14 @@ def main() -> None:
             for lock, share in shares.most_common()
         )
         print(f"- {name}: " + "; ".join(parts))
+    if args.functions:
+        thread, process = functions["thread"], functions["process"]
+        apart = sorted(thread.keys() | process.keys(), key=lambda f: process[f] - thread[f])
+        print(f"\nCPU µs per request (mean of {args.rounds} starts), where the modes differ most:")
+        print("| function | thread | process | thread - process |\n| --- | --- | --- | --- |")
+        for function in apart[: args.functions]:
+            t, p = thread[function] / args.rounds, process[function] / args.rounds
+            print(f"| {function} | {t:.1f} | {p:.1f} | {t - p:+.1f} |")
 
 
 if __name__ == "__main__":
