@@ -16,9 +16,12 @@ from test_signals import ctl
 
 class KeepAliveLoad:
     """Clients that each keep one connection open and send request after request on it (a new
-    connection only after a Connection: close), counting what fails. Bounded in time."""
+    connection only after a Connection: close), counting what fails. Bounded in time: `stop()`
+    ends it; `seconds` only bounds a test that never calls it, so it outlasts every wait of the
+    tests (on a loaded machine a test's steps took over 60 s, and a load that had ended by
+    itself then answered nothing)."""
 
-    def __init__(self, port: int, clients: int = 12, seconds: float = 60) -> None:
+    def __init__(self, port: int, clients: int = 12, seconds: float = 600) -> None:
         self.port = port
         self.deadline = time.monotonic() + seconds
         self.sent = self.answered = self.closed_by_server = 0
