@@ -12,9 +12,10 @@ spins with `sched_yield` before it sleeps, so a contended lock shows as yields).
 perf; the stack split needs an interpreter with debug info (scripts/build-freethreaded-python.sh).
 
 `--functions N` also samples where the CPU goes (`perf record -e cpu-clock`) and lists the N
-functions whose CPU per request differs most between the modes. `--workers 1` shows what is left
-with no second worker thread to contend with; `--config bench/cpython/immortal_conf.py` (both
-modes) what is left once no thread counts references to the objects they share.
+functions that take the most more CPU per request in thread mode than in process mode.
+`--workers 1` shows what is left with no second worker thread to contend with; `--config
+bench/cpython/immortal_conf.py` (both modes) what is left once no thread counts references to
+the objects they share.
 """
 
 from __future__ import annotations
@@ -68,16 +69,19 @@ def stop(perf: subprocess.Popen) -> str:
     return perf.communicate(timeout=120)[1]
 
 
-def counted(server: Server, path: str, seconds: int) -> dict[str, float]:
-    """Per request: user and system µs, context switches, sched_yield and futex calls."""
-    perf = perf_on(family(server.proc.pid), ["stat", "-x,", "-e", ",".join(EVENTS)])
+def loaded(server: Server, path: str, seconds: int) -> tuple[int, float, float]:
+    """A wrk load: the requests done, and the server's user and system CPU µs per request."""
     user0, system0 = cpu_times(server.proc.pid)
     requests, _ = run_wrk(server.port, path, seconds, CONNECTIONS)
     user1, system1 = cpu_times(server.proc.pid)
-    row = {
-        "user µs": (user1 - user0) / requests * 1e6,
-        "sys µs": (system1 - system0) / requests * 1e6,
-    }
+    return requests, (user1 - user0) / requests * 1e6, (system1 - system0) / requests * 1e6
+
+
+def counted(server: Server, path: str, seconds: int) -> dict[str, float]:
+    """Per request: user and system µs, context switches, sched_yield and futex calls."""
+    perf = perf_on(family(server.proc.pid), ["stat", "-x,", "-e", ",".join(EVENTS)])
+    requests, user, system = loaded(server, path, seconds)
+    row = {"user µs": user, "sys µs": system}
     for line in stop(perf).splitlines():
         fields = line.split(",")
         if len(fields) > 2 and fields[0].isdigit():
@@ -114,9 +118,7 @@ def cpu_by_function(server: Server, path: str, seconds: int) -> dict[str, float]
         data = os.path.join(tmp, "perf.data")
         argv = ["record", "-q", "-o", data, "-e", "cpu-clock", "-F", "1999"]
         perf = perf_on(family(server.proc.pid), argv)
-        user0, system0 = cpu_times(server.proc.pid)
-        requests, _ = run_wrk(server.port, path, seconds, CONNECTIONS)
-        user1, system1 = cpu_times(server.proc.pid)
+        _, user, system = loaded(server, path, seconds)
         stop(perf)
         report = subprocess.run(
             ["perf", "report", "-i", data, "--stdio", "-q", "--sort", "sym"],
@@ -124,7 +126,7 @@ def cpu_by_function(server: Server, path: str, seconds: int) -> dict[str, float]
             text=True,
             timeout=600,
         ).stdout
-    per_request = ((user1 - user0) + (system1 - system0)) / requests * 1e6
+    per_request = user + system
     shares = (SAMPLE_SHARE.match(line) for line in report.splitlines())
     return {m["function"]: float(m["percent"]) / 100 * per_request for m in shares if m}
 
@@ -154,7 +156,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--config", type=Path, help="a gunicorn config file for both modes")
     parser.add_argument(
-        "--functions", type=int, default=0, help="list the N functions that differ most"
+        "--functions", type=int, default=0, help="list the N functions thread mode spends more in"
     )
     args = parser.parse_args()
     os.environ["BENCH_DEPENDENCIES"] = args.dependencies  # read by realistic_app.py
@@ -208,7 +210,7 @@ def main() -> None:
     if args.functions:
         thread, process = functions["thread"], functions["process"]
         apart = sorted(thread.keys() | process.keys(), key=lambda f: process[f] - thread[f])
-        print(f"\nCPU µs per request (mean of {args.rounds} starts), where the modes differ most:")
+        print(f"\nCPU µs per request (mean of {args.rounds} starts) where thread mode spends more:")
         print("| function | thread | process | thread - process |\n| --- | --- | --- | --- |")
         for function in apart[: args.functions]:
             t, p = thread[function] / args.rounds, process[function] / args.rounds
