@@ -13,9 +13,9 @@ perf; the stack split needs an interpreter with debug info (scripts/build-freeth
 
 `--functions N` also samples where the CPU goes (`perf record -e cpu-clock`) and lists the N
 functions that take the most more CPU per request in thread mode than in process mode.
-`--workers 1` shows what is left with no second worker thread to contend with; `--config
-bench/cpython/immortal_conf.py` (both modes) what is left once no thread counts references to
-the objects they share.
+`--workers 1` shows what is left with no second worker thread to contend with; `EXP_IMMORTAL=1
+... --config bench/cpython/immortal_conf.py` (both modes) what is left once no thread counts
+references to the objects they share.
 """
 
 from __future__ import annotations

@@ -99,6 +99,7 @@ class Setup:
     app: str = "app:app"  # the Starlette bench app; REALISTIC for memory and cold start
     log_level: str = "warning"  # "info" shows when each worker serves (cold start)
     options: tuple[str, ...] = ()  # more gunicorn options (gunicorn-based set-ups)
+    env: tuple[tuple[str, str], ...] = ()  # more environment (read before the interpreter starts)
 
     def argv(self, port: int) -> list[str]:
         bind = f"127.0.0.1:{port}"
@@ -178,6 +179,7 @@ class Server:
         t0 = time.perf_counter()
         self.proc = subprocess.Popen(
             self.setup.argv(self.port),
+            env={**os.environ, **dict(self.setup.env)},
             stdout=subprocess.DEVNULL,
             stderr=self.log,
             start_new_session=True,

@@ -1,10 +1,12 @@
 """gunicorn config for an experiment (bench/cpu_split.py --config): what reference counting of
 the objects worker threads share costs on 3.13t.
 
-When the first worker of a process starts, every object alive then (every GC-tracked object, and
-every untracked one reachable from them: constant tuples, bytes, ints, str) is made immortal, so
-no thread counts references to it any more. In thread mode that is the app, the libraries and the
-module globals that all worker threads read; in process mode the same objects, each worker's own.
+With EXP_IMMORTAL=1 in the environment (so that bench/switch_pair.py can measure with and
+without it in one run), when the first worker of a process starts, every object alive then
+(every GC-tracked object, and every untracked one reachable from them: constant tuples, bytes,
+ints, str) is made immortal, so no thread counts references to it any more. In thread mode that
+is the app, the libraries and the module globals that all worker threads read; in process mode
+the same objects, each worker's own.
 
 Free-threaded biased reference counting (PEP 703): a thread counts references to the objects it
 made in the object's `ob_ref_local`, and to any other object with an atomic add on its
@@ -18,6 +20,7 @@ Include/object.h) directly, and immortal objects are never freed.
 
 import ctypes
 import gc
+import os
 import sys
 import threading
 
@@ -28,6 +31,8 @@ walking = threading.Lock()  # worker threads start together: one walk per proces
 
 
 def post_worker_init(worker):
+    if os.environ.get("EXP_IMMORTAL") != "1":
+        return
     if sys.version_info[:2] != (3, 13) or sys._is_gil_enabled():
         raise SystemExit("immortal_conf.py knows the object header of free-threaded 3.13 only")
     with walking:
