@@ -37,7 +37,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=12)
     parser.add_argument("--seconds", type=int, default=3)
     parser.add_argument("--path", default="/users?limit=5", help='"/" is the hello route')
-    parser.add_argument("--dependencies", choices=("sync", "async"), default="async")
+    parser.add_argument("--dependencies", choices=("sync", "async"), default="sync")
     parser.add_argument("--config", type=Path, help="a gunicorn config file for all four")
     args = parser.parse_args()
     os.environ["BENCH_DEPENDENCIES"] = args.dependencies  # read by realistic_app.py
