@@ -77,12 +77,14 @@ def coalesce_writes(protocol_class: type[Any]) -> type:
             self.flush()
             return getattr(self.transport, name)
 
+    made = protocol_class.connection_made  # called directly: no super() lookup per connection
+
     class CoalescedWrites(protocol_class):  # type: ignore[misc, valid-type]
         loop: asyncio.AbstractEventLoop  # uvicorn's protocols keep the loop they run on
         held_writes = HeldWrites
 
         def connection_made(self, transport: Any) -> None:
-            super().connection_made(HeldWrites(transport, self.loop))
+            made(self, HeldWrites(transport, self.loop))
 
     CoalescedWrites.__name__ = CoalescedWrites.__qualname__ = f"Coalesced{protocol_class.__name__}"
     return CoalescedWrites

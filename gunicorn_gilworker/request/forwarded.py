@@ -5,6 +5,10 @@ from X-Forwarded-Proto, for peers in `forwarded_allow_ips`. gunicorn also trusts
 peers, each header of `secure_scheme_headers` set to its value (by default
 `X-Forwarded-Protocol: ssl` and `X-Forwarded-Ssl: on` too): the request is then https.
 This subclass adds those to uvicorn's and takes its place in the app chain.
+
+It calls uvicorn's `__call__` by name, not through `super()`: on 3.13t every `super()` lookup
+takes the interpreter's one type lock, which the worker threads then contend for on each
+request (CPython gh-145685, PR 145775).
 """
 
 from __future__ import annotations
@@ -33,4 +37,7 @@ class ForwardedHeaders(ProxyHeadersMiddleware):
                 and not self.secure.isdisjoint(scope["headers"])
             ):
                 scope["scheme"] = "wss" if scope["type"] == "websocket" else "https"
-        return super().__call__(scope, receive, send)
+        return proxy_headers(self, scope, receive, send)
+
+
+proxy_headers = ProxyHeadersMiddleware.__call__

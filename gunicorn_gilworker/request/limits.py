@@ -100,14 +100,17 @@ def guard_head(
     # A field takes at least 3 bytes ("x:\n"): fewer bytes than this cannot hold too many fields,
     # so most heads are passed on without counting their lines.
     few_fields_bytes = min(safe_bytes, 3 * (safe_lines - 1))
-    feed = protocol_class.data_received  # called directly: no super() lookup per read
+    # Called directly: on 3.13t a super() lookup takes the interpreter's one type lock, which
+    # worker threads contend for (CPython gh-145685, PR 145775).
+    feed = protocol_class.data_received
+    made, lost = protocol_class.connection_made, protocol_class.connection_lost
     partial: dict[Any, PartialHead] = {}  # this worker's connections waiting for a head's rest
 
     class GuardedHead(protocol_class):  # type: ignore[misc, valid-type]
         app: Any  # uvicorn's protocol sets it to the app it serves
 
         def connection_made(self, transport: Any) -> None:
-            super().connection_made(transport)
+            made(self, transport)
             gate.connection_made(len(self.connections))  # uvicorn's: the server's connections
             if header_timeout:  # the first head gets a deadline too
                 self._wait_for_rest(PartialHead())
@@ -189,7 +192,7 @@ def guard_head(
 
         def connection_lost(self, exc: Exception | None) -> None:
             self._head_done()
-            super().connection_lost(exc)
+            lost(self, exc)
             gate.connection_lost(len(self.connections))
 
     GuardedHead.__name__ = GuardedHead.__qualname__ = f"Guarded{protocol_class.__name__}"
@@ -234,11 +237,13 @@ def limit_websocket(protocol_class: Any, limits: HeadLimits) -> type:
     """`protocol_class` checking each handshake's head against the limits (once per connection;
     its head size is bounded by the HTTP protocol that hands the connection over)."""
 
+    init = protocol_class.__init__  # called directly: no super() lookup per connection
+
     class LimitedWebSocket(protocol_class):  # type: ignore[misc, valid-type]
         app: Any  # uvicorn's protocol sets it to the app it serves
 
         def __init__(self, *args: Any, **kwargs: Any) -> None:
-            super().__init__(*args, **kwargs)
+            init(self, *args, **kwargs)
             self.app = RequestLimits(self.app, limits)
 
     LimitedWebSocket.__name__ = LimitedWebSocket.__qualname__ = f"Limited{protocol_class.__name__}"

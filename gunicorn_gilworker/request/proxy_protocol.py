@@ -47,14 +47,16 @@ def proxy_allowed(client: Any, cfg: Any) -> bool:
 
 def expect_proxy_header(protocol_class: type[Any], cfg: Any) -> type:
     mode = cfg.proxy_protocol
+    # Called directly: no super() lookup (the type lock on 3.13t) per read or connection.
     feed = protocol_class.data_received
+    made, lost = protocol_class.connection_made, protocol_class.connection_lost
     awaiting: dict[Any, PythonProtocol] = {}  # this worker's connections before their header
 
     class ProxyHeader(protocol_class):  # type: ignore[misc, valid-type]
         client: Any  # uvicorn's protocol: the peer address, in the ASGI scope
 
         def connection_made(self, transport: Any) -> None:
-            super().connection_made(transport)
+            made(self, transport)
             if proxy_allowed(self.client, cfg):
                 awaiting[self] = PythonProtocol(proxy_protocol=mode)
 
@@ -87,7 +89,7 @@ def expect_proxy_header(protocol_class: type[Any], cfg: Any) -> type:
 
         def connection_lost(self, exc: Exception | None) -> None:
             awaiting.pop(self, None)
-            super().connection_lost(exc)
+            lost(self, exc)
 
     ProxyHeader.__name__ = ProxyHeader.__qualname__ = f"ProxyHeader{protocol_class.__name__}"
     return ProxyHeader
