@@ -25,6 +25,7 @@ from run import Server, Setup, run_wrk
 
 CONNECTIONS = 64
 SAMPLED = 16  # the patch writes one miss in this many, per thread
+PATCH = "bench/cpython/type-cache-misses-3.13.5.patch"
 
 
 def misses(ft: Path, mode: str, path: str, seconds: int) -> tuple[int, list[str]]:
@@ -35,10 +36,12 @@ def misses(ft: Path, mode: str, path: str, seconds: int) -> tuple[int, list[str]
         server = Server(setup).start()
         try:
             run_wrk(server.port, path, 1, CONNECTIONS)
-            warm = os.path.getsize(log) if os.path.exists(log) else 0
+            warm = os.path.getsize(log) if os.path.exists(log) else 0  # after the warm-up
             requests, _ = run_wrk(server.port, path, seconds, CONNECTIONS)
         finally:
             server.stop()
+        if not os.path.exists(log):  # no miss at all is not 3.13t: the interpreter lacks the patch
+            raise SystemExit(f"{ft}: its interpreter writes no misses: build it with {PATCH}")
         with open(log) as file:
             file.seek(warm)
             return requests, file.read().splitlines()
