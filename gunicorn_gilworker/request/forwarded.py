@@ -17,6 +17,8 @@ from typing import Any
 
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
+proxy_headers = ProxyHeadersMiddleware.__call__  # uvicorn's, called by name below
+
 
 class ForwardedHeaders(ProxyHeadersMiddleware):
     def __init__(self, app: Any, trusted_hosts: Any, secure_scheme_headers: dict[str, str]):
@@ -38,6 +40,3 @@ class ForwardedHeaders(ProxyHeadersMiddleware):
             ):
                 scope["scheme"] = "wss" if scope["type"] == "websocket" else "https"
         return proxy_headers(self, scope, receive, send)
-
-
-proxy_headers = ProxyHeadersMiddleware.__call__
