@@ -4,12 +4,10 @@ dependencies, behind a middleware, with a lifespan. Served data lives in module-
 (No `from __future__ import annotations`: FastAPI reads the local models from the annotations.)
 
 The dependencies are plain functions, as in FastAPI's tutorial, so FastAPI runs each in its thread
-pool; BENCH_DEPENDENCIES=async makes them coroutines (bench/cpu_split.py measures both)."""
+pool."""
 
 import datetime as dt
 import enum
-import functools
-import os
 from contextlib import asynccontextmanager
 from typing import Annotated
 
@@ -36,32 +34,18 @@ class Address(BaseModel):
     country: str = Field(min_length=2, max_length=2)
 
 
-def dependency(function):
-    """As written (FastAPI runs it in a pool thread), or as a coroutine run in the event loop."""
-    if os.environ.get("BENCH_DEPENDENCIES", "sync") == "sync":
-        return function
-
-    @functools.wraps(function)  # FastAPI reads the parameters through __wrapped__
-    async def in_the_loop(*args, **kwargs):
-        return function(*args, **kwargs)
-
-    return in_the_loop
-
-
 class Page(BaseModel):
     offset: int
     limit: int
     total: int
 
 
-@dependency
 def pagination(
     offset: Annotated[int, Query(ge=0)] = 0, limit: Annotated[int, Query(ge=1, le=100)] = 20
 ) -> tuple[int, int]:
     return offset, limit
 
 
-@dependency
 def caller(x_api_key: Annotated[str | None, Header()] = None) -> str:
     return x_api_key or "anonymous"
 
@@ -89,7 +73,6 @@ def resource_router(name: str) -> APIRouter:
     store: dict[int, dict] = {}
     router = APIRouter(prefix=f"/{name}", tags=[name])
 
-    @dependency
     def get_or_404(item_id: int) -> dict:
         if item_id not in store:
             raise HTTPException(404, f"{name[:-1]} {item_id} not found")

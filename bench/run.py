@@ -1,16 +1,19 @@
 """Side-by-side benchmark of gilworker and the servers it replaces, in one run.
 
-    bash bench/run.sh            # makes/reuses the venvs, then runs this
+    bash bench/run.sh                       # makes/reuses the venvs, then runs every section
+    bash bench/run.sh --only pairs,memory   # some sections (SECTIONS below; --help lists them)
 
 Every comparison alternates its set-ups round by round (A B A B ...), each round a `wrk` load on
 127.0.0.1; per round it records req/s, server CPU time per request (utime + stime of the master
 and its children, from /proc) and wrk's p50/p99 latency; the report gives medians with min/max.
-Results: bench/results/latest.md (tables), latest.json, chart.png.
+Results: bench/results/latest.md (tables), latest.json, chart.png; a run of some sections writes
+partial.md, partial.json (and partial-chart.png) instead, so that it leaves the full run's alone.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -28,8 +31,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import contention
-import instructions
 import replacements
 
 HERE = Path(__file__).parent
@@ -61,22 +62,17 @@ def family(pid: int) -> list[int]:
     return pids
 
 
-def cpu_times(pid: int) -> tuple[float, float]:
+def cpu_seconds(pid: int) -> float:
     """User and system CPU seconds of the master and its descendants (all their threads)."""
-    user = system = 0
+    ticks = 0
     for p in family(pid):
         try:
             with open(f"/proc/{p}/stat") as f:
                 fields = f.read().rsplit(")", 1)[1].split()
-            user += int(fields[11])  # utime
-            system += int(fields[12])  # stime
+            ticks += int(fields[11]) + int(fields[12])  # utime + stime
         except FileNotFoundError:
             pass
-    return user / TICK, system / TICK
-
-
-def cpu_seconds(pid: int) -> float:
-    return sum(cpu_times(pid))
+    return ticks / TICK
 
 
 def pss_mb(pid: int) -> float:
@@ -99,7 +95,6 @@ class Setup:
     app: str = "app:app"  # the Starlette bench app; REALISTIC for memory and cold start
     log_level: str = "warning"  # "info" shows when each worker serves (cold start)
     options: tuple[str, ...] = ()  # more gunicorn options (gunicorn-based set-ups)
-    env: tuple[tuple[str, str], ...] = ()  # more environment (read before the interpreter starts)
 
     def argv(self, port: int) -> list[str]:
         bind = f"127.0.0.1:{port}"
@@ -179,7 +174,6 @@ class Server:
         t0 = time.perf_counter()
         self.proc = subprocess.Popen(
             self.setup.argv(self.port),
-            env={**os.environ, **dict(self.setup.env)},
             stdout=subprocess.DEVNULL,
             stderr=self.log,
             start_new_session=True,
@@ -301,13 +295,11 @@ def fresh_rounds(
     rounds: int,
     seconds: float,
     connections: int = 64,
-    after_round: Callable[[Server], None] | None = None,
 ) -> dict[str, Result]:
     """Like `compare`, but every round starts each server anew (A B, then B A, ...). On 3.13t a
     thread-mode server's cost per request differs from one start to the next by up to ~15%
     (which hot attribute lookups collide in the interpreter's type cache, how connections split
-    between the loops): one start per set-up would report one draw, not the typical server.
-    `after_round`, if given, sees each server after its round, before it stops."""
+    between the loops): one start per set-up would report one draw, not the typical server."""
     results = {s.name: Result(s.name) for s in setups}
     for i in range(rounds):
         for setup in setups if i % 2 == 0 else setups[::-1]:
@@ -315,8 +307,6 @@ def fresh_rounds(
             try:
                 load(server, path, 1, connections)  # warm-up
                 results[setup.name].rounds.append(load(server, path, seconds, connections))
-                if after_round is not None:
-                    after_round(server)
             finally:
                 server.stop()
     return results
@@ -353,25 +343,33 @@ def measure_cold_start(setup: Setup, times: int) -> dict[str, float]:
     return {"first_200": statistics.median(first), "all_serving": statistics.median(every)}
 
 
-def profile(setup: Setup, path: str, seconds: float) -> dict[str, object]:
-    """perf samples of the server under wrk load, sorted by contention.classify."""
-    server = Server(setup).start()
-    try:
-        load(server, path, 1, 64)  # warm-up
-        url = f"http://127.0.0.1:{server.port}{path}"
-        wrk = subprocess.Popen(
-            ["wrk", "-t1", "-c64", f"-d{seconds + 2}s", url], stdout=subprocess.DEVNULL
-        )
-        time.sleep(1)
-        data = contention.record(family(server.proc.pid), seconds)
-        wrk.wait(timeout=seconds + 60)
-        return contention.classify(data)
-    finally:
-        server.stop()
+SECTIONS = {  # --only's names; a full run runs them all, in this order
+    "hello": "hello route, 2 workers, every server side by side (the chart)",
+    "pairs": "hello-route A/B pairs with targets: thread/process, vs uvicorn-worker, asgi, granian",
+    "access_log": "CPU per request with and without the access log (3.11)",
+    "workloads": "/json /cpu /io /stream with 2 workers, / with 1: thread vs process (3.13t)",
+    "users": "default install vs [fast], FastAPI GET and POST, 8 workers (3.13t)",
+    "cpu_scaling": "/cpu req/s with 2 worker threads against 1",
+    "memory": "PSS of the whole server, 1 to 16 workers, FastAPI and Starlette apps",
+    "cold_start": "exec to first 200 and to all 8 workers serving, FastAPI app",
+    "respawn": "a crashed worker's respawn to serving (bench/supervision.py)",
+    "replacements": "requests lost while workers are replaced (bench/replacements.py)",
+}
+
+
+def sections(names: str) -> list[str]:
+    chosen = [name.strip() for name in names.split(",") if name.strip()]
+    unknown = [name for name in chosen if name not in SECTIONS]
+    if unknown or not chosen:
+        raise argparse.ArgumentTypeError(f"sections are {', '.join(SECTIONS)}; not {names!r}")
+    return chosen
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
+    parser = argparse.ArgumentParser(
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="sections:\n" + "\n".join(f"  {k:13} {v}" for k, v in SECTIONS.items()),
+    )
     parser.add_argument("--ft", type=Path, required=True, help="free-threaded venv")
     parser.add_argument("--gil", type=Path, required=True, help="GIL-build venv")
     parser.add_argument(
@@ -381,7 +379,9 @@ def main() -> None:
         help="free-threaded venv of the default install (`pip install gunicorn-gilworker`: "
         "h11 + asyncio on 3.13t)",
     )
-    parser.add_argument("--seconds", type=float, default=3)
+    parser.add_argument(
+        "--seconds", type=float, default=3, help="seconds per round (the A/B pairs' rounds are 2 s)"
+    )
     parser.add_argument(
         "--rounds", type=int, default=3, help="rounds of the hello comparison (every set-up)"
     )
@@ -392,153 +392,145 @@ def main() -> None:
         "--other-rounds", type=int, default=3, help="rounds of the thread-vs-process comparisons"
     )
     parser.add_argument(
-        "--no-profile",
-        dest="profile",
-        action="store_false",
-        help="skip the perf profile of thread vs process (needs perf: apt-get install linux-perf)",
+        "--only",
+        type=sections,
+        default=list(SECTIONS),
+        metavar="SECTION[,SECTION]",
+        help="run these sections only (listed below); results go to bench/results/partial.*",
     )
     args = parser.parse_args()
     if not shutil.which("wrk"):
         sys.exit("bench: wrk is needed: apt-get install wrk")
     ft, gil = args.ft / "bin", args.gil / "bin"
-    n, m, s = args.rounds, args.other_rounds, args.seconds
+    n, m, s, k = args.rounds, args.other_rounds, args.seconds, args.pair_rounds
     report: dict[str, object] = {"machine": machine(ft, gil)}
     started = time.monotonic()
 
     thread = Setup("gilworker thread (3.13t)", ft, "gilworker-thread")
     process = Setup("gilworker process (3.13t)", ft, "gilworker-process")
-    # one worker process of two event-loop threads: the same loops as `thread`, out of the master
-    hosted = Setup("-w 1 --threads 2", ft, "gilworker-thread", 1, options=("--threads", "2"))
-    everyone = [
-        thread,
-        process,
-        Setup("gilworker process (3.11)", gil, "gilworker-process"),
-        Setup("uvicorn-worker (3.11)", gil, "uvicorn-worker"),
-        Setup("gunicorn -k asgi (3.11)", gil, "asgi"),
-        Setup("uvicorn --workers (3.11)", gil, "uvicorn"),
-        Setup("uvicorn --workers (3.13t)", ft, "uvicorn"),
-        Setup("granian (3.13t)", ft, "granian"),
-        Setup("granian (3.11)", gil, "granian"),
-    ]
-    print("hello, 2 workers, every set-up", flush=True)
-    report["hello"] = compare(everyone, "/", n, s)
-    print("target pairs, hello, 2 workers, A B A B", flush=True)
-    k = args.pair_rounds
-    report["pairs"] = {
-        "thread/process": pair(thread, process, "/", k, 2, fresh=True),
-        "process 3.11/uvicorn-worker": pair(everyone[2], everyone[3], "/", k, 2),
-        "process 3.11/-k asgi": pair(everyone[2], everyone[4], "/", k, 2),
-        "thread/granian": pair(thread, everyone[7], "/", k, 2, fresh=True),
-        # Two thread-mode set-ups: one round's ratio ranges 0.77-1.28 (16 fresh rounds), so a
-        # 2% target needs three times the rounds of the others to be read at all.
-        "processes of threads/threads in master": pair(hosted, thread, "/", 3 * k, 2, fresh=True),
-        "process 3.11/uvicorn-worker, access log": pair(
-            Setup("gilworker process, log", gil, "gilworker-process", options=ACCESS),
-            Setup("uvicorn-worker, log", gil, "uvicorn-worker", options=ACCESS),
-            "/",
-            k,
-            2,
-        ),
-        "thread/process, access log": pair(
-            Setup("thread, log", ft, "gilworker-thread", options=ACCESS),
-            Setup("process, log", ft, "gilworker-process", options=ACCESS),
-            "/",
-            k,
-            2,
-            fresh=True,
-        ),
-    }
-    print("the access log's cost per request, 3.11, 2 workers", flush=True)
-    report["access_log"] = compare(
-        [
-            Setup("gilworker process, no access log", gil, "gilworker-process"),
-            Setup("gilworker process, access log", gil, "gilworker-process", options=ACCESS),
-            Setup("uvicorn-worker, no access log", gil, "uvicorn-worker"),
-            Setup("uvicorn-worker, access log", gil, "uvicorn-worker", options=ACCESS),
-            Setup("gunicorn -k asgi, no access log", gil, "asgi"),
-            Setup("gunicorn -k asgi, access log", gil, "asgi", options=ACCESS),
-        ],
-        "/",
-        m,
-        s,
-    )
-    workloads = {}
-    for path in ("/json", "/cpu", "/io", "/stream"):
-        print(f"{path}, 2 workers, thread vs process", flush=True)
-        workloads[path] = compare([thread, process], path, m, s)
-    report["workloads"] = workloads
-    print("what users run (3.13t): default install, FastAPI, 8 workers on 2 CPUs", flush=True)
-    report["users"] = users_run(ft, args.ft_default / "bin", k)
-    counts = {}
-    for w in (1,):
-        print(f"hello, {w} workers, thread vs process", flush=True)
-        counts[w] = compare(
+    process_gil = Setup("gilworker process (3.11)", gil, "gilworker-process")
+    uvicorn_worker = Setup("uvicorn-worker (3.11)", gil, "uvicorn-worker")
+    asgi = Setup("gunicorn -k asgi (3.11)", gil, "asgi")
+    granian = Setup("granian (3.13t)", ft, "granian")
+    if "hello" in args.only:
+        print("hello, 2 workers, every set-up", flush=True)
+        everyone = [
+            *(thread, process, process_gil, uvicorn_worker, asgi),
+            Setup("uvicorn --workers (3.11)", gil, "uvicorn"),
+            Setup("uvicorn --workers (3.13t)", ft, "uvicorn"),
+            granian,
+            Setup("granian (3.11)", gil, "granian"),
+        ]
+        report["hello"] = compare(everyone, "/", n, s)
+    if "pairs" in args.only:
+        print("target pairs, hello, 2 workers, A B A B", flush=True)
+        # one worker process of two event-loop threads: `thread`'s loops, out of the master
+        hosted = Setup("-w 1 --threads 2", ft, "gilworker-thread", 1, options=("--threads", "2"))
+        report["pairs"] = {
+            "thread/process": pair(thread, process, "/", k, 2, fresh=True),
+            "process 3.11/uvicorn-worker": pair(process_gil, uvicorn_worker, "/", k, 2),
+            "process 3.11/-k asgi": pair(process_gil, asgi, "/", k, 2),
+            "thread/granian": pair(thread, granian, "/", k, 2, fresh=True),
+            # Two thread-mode set-ups: one round's ratio ranges 0.77-1.28 (16 fresh rounds), so a
+            # 2% target needs three times the rounds of the others to be read at all.
+            "processes of threads/threads in master": pair(
+                hosted, thread, "/", 3 * k, 2, fresh=True
+            ),
+            "process 3.11/uvicorn-worker, access log": pair(
+                Setup("gilworker process, log", gil, "gilworker-process", options=ACCESS),
+                Setup("uvicorn-worker, log", gil, "uvicorn-worker", options=ACCESS),
+                "/",
+                k,
+                2,
+            ),
+            "thread/process, access log": pair(
+                Setup("thread, log", ft, "gilworker-thread", options=ACCESS),
+                Setup("process, log", ft, "gilworker-process", options=ACCESS),
+                "/",
+                k,
+                2,
+                fresh=True,
+            ),
+        }
+    if "access_log" in args.only:
+        print("the access log's cost per request, 3.11, 2 workers", flush=True)
+        report["access_log"] = compare(
             [
-                Setup(f"thread x{w}", ft, "gilworker-thread", w),
-                Setup(f"process x{w}", ft, "gilworker-process", w),
+                Setup("gilworker process, no access log", gil, "gilworker-process"),
+                Setup("gilworker process, access log", gil, "gilworker-process", options=ACCESS),
+                Setup("uvicorn-worker, no access log", gil, "uvicorn-worker"),
+                Setup("uvicorn-worker, access log", gil, "uvicorn-worker", options=ACCESS),
+                Setup("gunicorn -k asgi, no access log", gil, "asgi"),
+                Setup("gunicorn -k asgi, access log", gil, "asgi", options=ACCESS),
             ],
             "/",
             m,
             s,
         )
-    report["counts"] = counts
-    print("/cpu scaling, 1 vs 2 worker threads", flush=True)
-    report["cpu_scaling"] = compare(
-        [
-            Setup("cpu thread x1", ft, "gilworker-thread", 1),
-            Setup("cpu thread x2", ft, "gilworker-thread", 2),
-        ],
-        "/cpu",
-        k,
-        2,
-    )
-    print("memory and cold start (FastAPI app of realistic size)", flush=True)
-    report["memory"] = {
-        f"{kind} x{w}": measure_memory(
-            Setup(kind, ft, f"gilworker-{kind}", w, app=REALISTIC), "/users?limit=5"
+    if "workloads" in args.only:
+        workloads = {}
+        for path in ("/json", "/cpu", "/io", "/stream"):
+            print(f"{path}, 2 workers, thread vs process", flush=True)
+            workloads[path] = compare([thread, process], path, m, s)
+        report["workloads"] = workloads
+        print("hello, 1 worker, thread vs process", flush=True)
+        one = [Setup(f"{kind} x1", ft, f"gilworker-{kind}", 1) for kind in ("thread", "process")]
+        report["counts"] = {1: compare(one, "/", m, s)}
+    if "users" in args.only:
+        print("what users run (3.13t): default install, FastAPI, 8 workers on 2 CPUs", flush=True)
+        report["users"] = users_run(ft, args.ft_default / "bin", k)
+    if "cpu_scaling" in args.only:
+        print("/cpu scaling, 1 vs 2 worker threads", flush=True)
+        report["cpu_scaling"] = compare(
+            [
+                Setup("cpu thread x1", ft, "gilworker-thread", 1),
+                Setup("cpu thread x2", ft, "gilworker-thread", 2),
+            ],
+            "/cpu",
+            k,
+            2,
         )
-        for kind in ("thread", "process")
-        for w in (1, 2, 8, 16)
-    }
-    report["memory"]["processes of threads 2x4"] = measure_memory(
-        Setup("2x4", ft, "gilworker-thread", 2, app=REALISTIC, options=("--threads", "4")),
-        "/users?limit=5",
-    )
-    report["memory_small_app"] = {
-        f"{kind} x{w}": measure_memory(Setup(kind, ft, f"gilworker-{kind}", w), "/")
-        for kind in ("thread", "process")
-        for w in (8, 16)
-    }
-    report["cold_start"] = {
-        kind: measure_cold_start(
-            Setup(kind, ft, f"gilworker-{kind}", 8, app=REALISTIC, log_level="info"), 3
-        )
-        for kind in ("thread", "process")
-    }
-    if args.profile and contention.available():
-        print("where thread mode spends more than process mode (perf)", flush=True)
-        report["contention"] = {
-            f"{path}, {w} workers": {
-                kind: profile(Setup(kind, ft, f"gilworker-{kind}", w), path, 3)
-                for kind in ("thread", "process")
-            }
-            for path, w in (("/", 2), ("/json", 2), ("/", 8))
+    if "memory" in args.only:
+        print("memory (FastAPI app of realistic size, and the Starlette app)", flush=True)
+        report["memory"] = {
+            f"{kind} x{w}": measure_memory(
+                Setup(kind, ft, f"gilworker-{kind}", w, app=REALISTIC), "/users?limit=5"
+            )
+            for kind in ("thread", "process")
+            for w in (1, 2, 8, 16)
         }
-    report["respawn_ms"] = respawn_ms(ft)
-    print("replacing workers under keep-alive load (3.13t)", flush=True)
-    report["replacements"] = [
-        replacements.run(ft, name, kind, REPLACEMENT_SECONDS)
-        for kind in replacements.KINDS
-        for name in replacements.SETUPS
-    ]
-    if shutil.which("valgrind"):
-        print("instructions per request, one worker process (3.11, callgrind)", flush=True)
-        report["instructions"] = instructions.per_request(args.gil, (400, 1600))
+        report["memory"]["processes of threads 2x4"] = measure_memory(
+            Setup("2x4", ft, "gilworker-thread", 2, app=REALISTIC, options=("--threads", "4")),
+            "/users?limit=5",
+        )
+        report["memory_small_app"] = {
+            f"{kind} x{w}": measure_memory(Setup(kind, ft, f"gilworker-{kind}", w), "/")
+            for kind in ("thread", "process")
+            for w in (8, 16)
+        }
+    if "cold_start" in args.only:
+        print("cold start, 8 workers (FastAPI app of realistic size)", flush=True)
+        report["cold_start"] = {
+            kind: measure_cold_start(
+                Setup(kind, ft, f"gilworker-{kind}", 8, app=REALISTIC, log_level="info"), 3
+            )
+            for kind in ("thread", "process")
+        }
+    if "respawn" in args.only:
+        print("respawn to serving after a crash (3.13t)", flush=True)
+        report["respawn_ms"] = respawn_ms(ft)
+    if "replacements" in args.only:
+        print("replacing workers under keep-alive load (3.13t)", flush=True)
+        report["replacements"] = [
+            replacements.run(ft, name, kind, REPLACEMENT_SECONDS)
+            for kind in replacements.KINDS
+            for name in replacements.SETUPS
+        ]
     report["elapsed_s"] = time.monotonic() - started
-    write(report)
+    write(report, full=set(args.only) == set(SECTIONS))
 
 
-# name -> (A, B, path): thread mode's cost where users run it (issue 14), each pair started anew
+# name -> (A, B, path): thread mode's cost where users run it, each pair started anew
 # every round (fresh_rounds): on 3.13t one start of a thread-mode server differs from the next.
 def users_run(ft: Path, ft_default: Path, rounds: int) -> dict[str, dict[str, float]]:
     def gilworker(venv: Path, mode: str, workers: int = 2, app: str = "app:app") -> Setup:
@@ -640,232 +632,255 @@ def ratio(a: float, b: float) -> str:
     return f"{a / b:.2f}" if b else "n/a"
 
 
-def write(report: dict) -> None:
-    RESULTS.mkdir(exist_ok=True)
-    hello: dict[str, Result] = report["hello"]
-    lines = [f"Machine: {report['machine']}. Medians of alternating rounds (min..max).", ""]
-    lines += [
-        "| set-up (hello, 2 workers) | req/s | CPU µs/req | p50 ms | p99 ms |",
-        "| --- | --- | --- | --- | --- |",
-    ]
-    for r in hello.values():
-        lines.append(
-            f"| {r.label} | {r.median('rps'):.0f} ({r.spread('rps')}) | "
-            f"{r.median('cpu_per_req_us'):.1f} ({r.spread('cpu_per_req_us')}) | "
-            f"{r.median('p50_ms'):.2f} | {r.median('p99_ms'):.2f} |"
-        )
-    lines += [
-        "",
-        "| workload, 2 workers (3.13t) | thread req/s | process req/s | "
-        "thread/process CPU per req |",
-        "| --- | --- | --- | --- |",
-    ]
-    for path, res in report["workloads"].items():
-        t, p = res["gilworker thread (3.13t)"], res["gilworker process (3.13t)"]
-        lines.append(
-            f"| {path} | {t.median('rps'):.0f} | {p.median('rps'):.0f} | "
-            f"{ratio(t.median('cpu_per_req_us'), p.median('cpu_per_req_us'))} |"
-        )
-    for name, p in report["users"].items():
-        lines.append(f"| {name} (A/B pair) | | | {p['cpu_per_req_us']:.2f} |")
-    for w, res in report["counts"].items():
-        t, p = res[f"thread x{w}"], res[f"process x{w}"]
-        lines.append(
-            f"| / with {w} worker(s) | {t.median('rps'):.0f} | {p.median('rps'):.0f} | "
-            f"{ratio(t.median('cpu_per_req_us'), p.median('cpu_per_req_us'))} |"
-        )
-    mem, small = report["memory"], report["memory_small_app"]
-    lines += [
-        "",
-        "| PSS MB, whole server (3.13t) | 1 | 2 | 8 | 16 |",
-        "| --- | --- | --- | --- | --- |",
-    ]
-    for kind in ("thread", "process"):
-        lines.append(
-            f"| {kind}, FastAPI app (60 routes) | "
-            + " | ".join(f"{mem[f'{kind} x{w}']:.1f}" for w in (1, 2, 8, 16))
-            + " |"
-        )
-    lines.append(
-        f"| -w 2 --threads 4 (processes of threads), FastAPI app | | | "
-        f"{mem['processes of threads 2x4']:.1f} | |"
-    )
-    for kind in ("thread", "process"):
-        lines.append(
-            f"| {kind}, 5-route Starlette app | | | "
-            + " | ".join(f"{small[f'{kind} x{w}']:.1f}" for w in (8, 16))
-            + " |"
-        )
-    cold = report["cold_start"]
-    lines += [
-        "",
-        "| cold start, 8 workers, FastAPI app (3.13t) | thread s | process s | thread/process |",
-        "| --- | --- | --- | --- |",
-    ]
-    for key, label in (("first_200", "to first 200"), ("all_serving", "to all 8 serving")):
-        t8, p8 = cold["thread"][key], cold["process"][key]
-        lines.append(f"| {label} | {t8:.2f} | {p8:.2f} | {ratio(t8, p8)} |")
-    if "contention" in report:
-        for what, c in report["contention"].items():
-            lines += [
-                "",
-                f"| perf, {what} (3.13t): share of CPU samples | thread | process |",
-                "| --- | --- | --- |",
-            ]
-            for key, label in (
-                ("lock_waits", "waiting on a contended PyMutex / critical section"),
-                ("asyncio_task_dict", "… of which asyncio's enter_task/leave_task dict"),
-                ("shared_refcount", "refcounting objects owned by another thread"),
-            ):
-                lines.append(f"| {label} | {c['thread'][key]:.1f}% | {c['process'][key]:.1f}% |")
-            sites = ", ".join(
-                f"{site} {share:.1f}%" for site, share in c["thread"]["lock_sites"] if share >= 0.1
-            )
-            lines.append(f"| contended locks taken in (thread) | {sites} | |")
-    access = report["access_log"]
-    lines += [
-        "",
-        "| 3.11, hello, 2 workers | CPU µs/req, no access log | with access log | the log's cost |",
-        "| --- | --- | --- | --- |",
-    ]
-    for server in ("gilworker process", "uvicorn-worker", "gunicorn -k asgi"):
-        off = access[f"{server}, no access log"].median("cpu_per_req_us")
-        on = access[f"{server}, access log"].median("cpu_per_req_us")
-        lines.append(f"| {server} | {off:.1f} | {on:.1f} | {on - off:.1f} |")
-    pairs, cs = report["pairs"], report["cpu_scaling"]
+def cpu(result: Result) -> float:
+    return result.median("cpu_per_req_us")
 
-    def paired(name: str, attr: str) -> str:
-        return f"{pairs[name][attr]:.2f}"
 
-    def users(name: str) -> str:
-        return f"{report['users'][name]['cpu_per_req_us']:.2f}"
+Row = Callable[[dict], str]  # a comparison's figure, read from the report
 
-    def cpu_ratio(a: str, b: str) -> str:
-        return ratio(hello[a].median("cpu_per_req_us"), hello[b].median("cpu_per_req_us"))
 
-    targets = [
-        (
-            "thread / process CPU per request, hello, 2 workers",
-            "≤ 1.00",
-            paired("thread/process", "cpu_per_req_us"),
-        ),
-        ("thread / process req/s, hello, 2 workers", "≥ 1.00", paired("thread/process", "rps")),
-        (
-            "process (3.11) / uvicorn-worker CPU per request",
-            "≤ 1.03",
-            paired("process 3.11/uvicorn-worker", "cpu_per_req_us"),
-        ),
-        (
-            "process (3.11) / uvicorn-worker CPU per request, access log on for both",
-            "≤ 1.03",
-            paired("process 3.11/uvicorn-worker, access log", "cpu_per_req_us"),
-        ),
-        (
-            "thread / process CPU per request, access log on (3.13t)",
-            "≤ 1.00",
-            paired("thread/process, access log", "cpu_per_req_us"),
-        ),
-        (
-            "process (3.11) / gunicorn -k asgi CPU per request",
-            "≤ 0.75",
-            paired("process 3.11/-k asgi", "cpu_per_req_us"),
-        ),
-        (
-            "thread / granian CPU per request (3.13t)",
-            "≤ 1.25",
-            paired("thread/granian", "cpu_per_req_us"),
-        ),
-        (
-            "PSS thread / process, 8 workers, FastAPI app",
-            "≤ 0.25",
-            ratio(mem["thread x8"], mem["process x8"]),
-        ),
-        (
-            "PSS -w 2 --threads 4 / -w 8 processes, FastAPI app",
-            "≤ 0.50",
-            ratio(mem["processes of threads 2x4"], mem["process x8"]),
-        ),
-        (
-            "CPU per request, -w 1 --threads 2 / threads in the master -w 2",
-            "≤ 1.02",
-            paired("processes of threads/threads in master", "cpu_per_req_us"),
-        ),
-        (
-            "MB per extra thread worker (8 → 16)",
-            "≤ 1.0",
-            f"{(mem['thread x16'] - mem['thread x8']) / 8:.2f}",
-        ),
-        (
-            "/cpu req/s, 2 worker threads / 1",
-            "≥ 1.9",
-            f"{paired_ratio(cs['cpu thread x2'], cs['cpu thread x1'], 'rps'):.2f}",
-        ),
-        (
-            "cold start to first 200, 8 workers, thread / process, FastAPI app",
-            "≤ 0.5",
-            ratio(cold["thread"]["first_200"], cold["process"]["first_200"]),
-        ),
-        (
-            "thread / process CPU per request, default install (h11 + asyncio)",
-            "≤ 1.05",
-            users("thread/process, default install"),
-        ),
-        (
-            "thread / process CPU per request, FastAPI GET /users?limit=5",
-            "≤ 1.05",
-            users("thread/process, FastAPI GET"),
-        ),
-        (
-            "thread / process CPU per request, FastAPI POST /users (JSON body)",
-            "≤ 1.05",
-            users("thread/process, FastAPI POST"),
-        ),
-        (
-            "thread / process CPU per request, 8 workers on 2 CPUs",
-            "≤ 1.10",
-            users("thread/process, 8 workers"),
-        ),
-        (
-            "p99 latency at 64 connections, thread / process",
-            "≤ 1.0",
-            paired("thread/process", "p99_ms"),
-        ),
-    ]
-    lines += ["", "| target | goal | measured |", "| --- | --- | --- |"]
-    lines += [f"| {name} | {goal} | {value} |" for name, goal, value in targets]
-    lines += [
+def paired(name: str, attr: str = "cpu_per_req_us") -> Row:
+    return lambda r: f"{r['pairs'][name][attr]:.2f}"
+
+
+def users_pair(name: str) -> Row:
+    return lambda r: f"{r['users'][name]['cpu_per_req_us']:.2f}"
+
+
+def hello_cpu(a: str, b: str) -> Row:
+    return lambda r: ratio(cpu(r["hello"][a]), cpu(r["hello"][b]))
+
+
+def pss(a: str, b: str, section: str = "memory") -> Row:
+    return lambda r: ratio(r[section][a], r[section][b])
+
+
+def mb_per_thread(section: str) -> Row:
+    return lambda r: f"{(r[section]['thread x16'] - r[section]['thread x8']) / 8:.2f}"
+
+
+def cold_start(r: dict) -> str:
+    return ratio(r["cold_start"]["thread"]["first_200"], r["cold_start"]["process"]["first_200"])
+
+
+def cpu_scaling(r: dict) -> str:
+    two, one = r["cpu_scaling"]["cpu thread x2"], r["cpu_scaling"]["cpu thread x1"]
+    return f"{paired_ratio(two, one, 'rps'):.2f}"
+
+
+# What is compared (A / B, the measure), its target ("" for none) and its figure.
+COMPARISONS: list[tuple[str, str, Row]] = [
+    ("thread / process CPU per request, hello, 2 workers", "≤ 1.00", paired("thread/process")),
+    ("thread / process req/s, hello, 2 workers", "≥ 1.00", paired("thread/process", "rps")),
+    (
+        "process (3.11) / uvicorn-worker CPU per request",
+        "≤ 1.03",
+        paired("process 3.11/uvicorn-worker"),
+    ),
+    (
+        "process (3.11) / uvicorn-worker CPU per request, access log on for both",
+        "≤ 1.03",
+        paired("process 3.11/uvicorn-worker, access log"),
+    ),
+    (
+        "thread / process CPU per request, access log on (3.13t)",
+        "≤ 1.00",
+        paired("thread/process, access log"),
+    ),
+    ("process (3.11) / gunicorn -k asgi CPU per request", "≤ 0.75", paired("process 3.11/-k asgi")),
+    ("thread / granian CPU per request (3.13t)", "≤ 1.25", paired("thread/granian")),
+    ("PSS thread / process, 8 workers, FastAPI app", "≤ 0.25", pss("thread x8", "process x8")),
+    (
+        "PSS -w 2 --threads 4 / -w 8 processes, FastAPI app",
+        "≤ 0.50",
+        pss("processes of threads 2x4", "process x8"),
+    ),
+    (
+        "CPU per request, -w 1 --threads 2 / threads in the master -w 2",
+        "≤ 1.02",
+        paired("processes of threads/threads in master"),
+    ),
+    ("MB per extra thread worker (8 → 16), FastAPI app", "≤ 1.0", mb_per_thread("memory")),
+    ("/cpu req/s, 2 worker threads / 1", "≥ 1.9", cpu_scaling),
+    ("cold start to first 200, 8 workers, thread / process, FastAPI app", "≤ 0.5", cold_start),
+    (
+        "thread / process CPU per request, default install (h11 + asyncio)",
+        "≤ 1.05",
+        users_pair("thread/process, default install"),
+    ),
+    (
+        "thread / process CPU per request, FastAPI GET /users?limit=5",
+        "≤ 1.05",
+        users_pair("thread/process, FastAPI GET"),
+    ),
+    (
+        "thread / process CPU per request, FastAPI POST /users (JSON body)",
+        "≤ 1.05",
+        users_pair("thread/process, FastAPI POST"),
+    ),
+    (
+        "thread / process CPU per request, 8 workers on 2 CPUs",
+        "≤ 1.10",
+        users_pair("thread/process, 8 workers"),
+    ),
+    (
+        "p99 latency at 64 connections, thread / process, hello, 2 workers",
+        "≤ 1.0",
+        paired("thread/process", "p99_ms"),
+    ),
+    (
+        "default install / [fast] CPU per request, thread mode, hello",
         "",
-        "Ratios of CPU per request, req/s and p99 come from A/B pairs (each pair alone, "
-        "alternating 2-s rounds, median of the per-round ratios; the thread/process and "
-        "thread/granian pairs start both servers anew each round). "
-        "For reference (from the table above): thread (3.13t) / bare `uvicorn --workers 2` "
-        "(3.13t) CPU per request "
-        f"{cpu_ratio('gilworker thread (3.13t)', 'uvicorn --workers (3.13t)')}; "
-        "gilworker process (3.11) / granian (3.11) CPU per request "
-        f"{cpu_ratio('gilworker process (3.11)', 'granian (3.11)')}; "
-        f"PSS thread / process at 8 workers with the 5-route app "
-        f"{ratio(small['thread x8'], small['process x8'])}, "
-        f"MB per extra thread worker {(small['thread x16'] - small['thread x8']) / 8:.2f}.",
-    ]
-    if "instructions" in report:
-        ins = report["instructions"]
-        ours = ins["gilworker (process)"]
-        lines += [
-            "",
-            "Instructions per request, one worker process (3.11, callgrind, no kernel share): "
-            + ", ".join(f"{label} {n:,.0f}" for label, n in ins.items())
-            + f"; gilworker / uvicorn-worker {ours / ins['uvicorn-worker']:.3f}, "
-            f"gilworker / gunicorn -k asgi {ours / ins['gunicorn -k asgi']:.3f}.",
+        users_pair("default install/[fast], thread"),
+    ),
+    (
+        "default install / [fast] CPU per request, process mode, hello",
+        "",
+        users_pair("default install/[fast], process"),
+    ),
+    (
+        "8 / 2 worker threads CPU per request, hello, on 2 CPUs",
+        "",
+        users_pair("8 loops/2 loops, thread"),
+    ),
+    (
+        "thread (3.13t) / bare `uvicorn --workers 2` (3.13t) CPU per request, hello table",
+        "",
+        hello_cpu("gilworker thread (3.13t)", "uvicorn --workers (3.13t)"),
+    ),
+    (
+        "gilworker process (3.11) / granian (3.11) CPU per request, hello table",
+        "",
+        hello_cpu("gilworker process (3.11)", "granian (3.11)"),
+    ),
+    (
+        "PSS thread / process, 8 workers, 5-route Starlette app",
+        "",
+        pss("thread x8", "process x8", "memory_small_app"),
+    ),
+    (
+        "MB per extra thread worker (8 → 16), 5-route Starlette app",
+        "",
+        mb_per_thread("memory_small_app"),
+    ),
+]
+
+
+def tables(report: dict) -> list[str]:
+    """latest.md: the figures of each section that ran, then every comparison they give."""
+    blocks = [[f"Machine: {report['machine']}. Medians of alternating rounds (min..max)."]]
+    if "hello" in report:
+        block = [
+            "| set-up (hello, 2 workers) | req/s | CPU µs/req | p50 ms | p99 ms |",
+            "| --- | --- | --- | --- | --- |",
         ]
-    lines += ["", *replacements.table(report["replacements"], REPLACEMENT_SECONDS)]
-    lines += [
-        "",
-        "Respawn to serving: " + "; ".join(report["respawn_ms"].values()),
-        f"Whole run: {report['elapsed_s']:.0f} s.",
-    ]
-    (RESULTS / "latest.md").write_text("\n".join(lines) + "\n")
-    (RESULTS / "latest.json").write_text(json.dumps(report, default=lambda o: o.__dict__, indent=1))
-    chart(hello, RESULTS / "chart.png")
+        for r in report["hello"].values():
+            block.append(
+                f"| {r.label} | {r.median('rps'):.0f} ({r.spread('rps')}) | "
+                f"{cpu(r):.1f} ({r.spread('cpu_per_req_us')}) | "
+                f"{r.median('p50_ms'):.2f} | {r.median('p99_ms'):.2f} |"
+            )
+        blocks.append(block)
+    if "workloads" in report:
+        block = [
+            "| workload, 2 workers (3.13t) | thread req/s | process req/s | "
+            "thread/process CPU per req |",
+            "| --- | --- | --- | --- |",
+        ]
+        rows = [
+            (path, res["gilworker thread (3.13t)"], res["gilworker process (3.13t)"])
+            for path, res in report["workloads"].items()
+        ]
+        rows += [
+            (f"/ with {w} worker(s)", res[f"thread x{w}"], res[f"process x{w}"])
+            for w, res in report["counts"].items()
+        ]
+        for label, t, p in rows:
+            block.append(
+                f"| {label} | {t.median('rps'):.0f} | {p.median('rps'):.0f} | "
+                f"{ratio(cpu(t), cpu(p))} |"
+            )
+        blocks.append(block)
+    if "memory" in report:
+        mem, small = report["memory"], report["memory_small_app"]
+        block = [
+            "| PSS MB, whole server (3.13t) | 1 | 2 | 8 | 16 |",
+            "| --- | --- | --- | --- | --- |",
+        ]
+        for kind in ("thread", "process"):
+            block.append(
+                f"| {kind}, FastAPI app (60 routes) | "
+                + " | ".join(f"{mem[f'{kind} x{w}']:.1f}" for w in (1, 2, 8, 16))
+                + " |"
+            )
+        block.append(
+            f"| -w 2 --threads 4 (processes of threads), FastAPI app | | | "
+            f"{mem['processes of threads 2x4']:.1f} | |"
+        )
+        for kind in ("thread", "process"):
+            block.append(
+                f"| {kind}, 5-route Starlette app | | | "
+                + " | ".join(f"{small[f'{kind} x{w}']:.1f}" for w in (8, 16))
+                + " |"
+            )
+        blocks.append(block)
+    if "cold_start" in report:
+        cold = report["cold_start"]
+        block = [
+            "| cold start, 8 workers, FastAPI app (3.13t) | thread s | process s | "
+            "thread/process |",
+            "| --- | --- | --- | --- |",
+        ]
+        for key, label in (("first_200", "to first 200"), ("all_serving", "to all 8 serving")):
+            t8, p8 = cold["thread"][key], cold["process"][key]
+            block.append(f"| {label} | {t8:.2f} | {p8:.2f} | {ratio(t8, p8)} |")
+        blocks.append(block)
+    if "access_log" in report:
+        access = report["access_log"]
+        block = [
+            "| 3.11, hello, 2 workers | CPU µs/req, no access log | with access log | "
+            "the log's cost |",
+            "| --- | --- | --- | --- |",
+        ]
+        for server in ("gilworker process", "uvicorn-worker", "gunicorn -k asgi"):
+            off, on = cpu(access[f"{server}, no access log"]), cpu(access[f"{server}, access log"])
+            block.append(f"| {server} | {off:.1f} | {on:.1f} | {on - off:.1f} |")
+        blocks.append(block)
+    block = ["| compared (A / B, measure) | target | measured |", "| --- | --- | --- |"]
+    for name, target, figure in COMPARISONS:
+        with contextlib.suppress(KeyError):  # its section did not run (--only)
+            block.append(f"| {name} | {target} | {figure(report)} |")
+    if len(block) > 2:
+        note = (
+            "Ratios of CPU per request, req/s and p99 are medians of per-round ratios of an A/B "
+            "pair run alone (alternating 2-s rounds; the 3.13t pairs start both servers anew each "
+            'round); rows marked "hello table" divide the medians of the first table.'
+        )
+        blocks += [block, [note]]
+    if "replacements" in report:
+        blocks.append(replacements.table(report["replacements"], REPLACEMENT_SECONDS))
+    if "respawn_ms" in report:
+        respawns = report["respawn_ms"].values()
+        blocks.append(
+            [
+                "Respawn after a crash, 1 worker (bench/supervision.py, 3.13t):",
+                *(f"- {r}" for r in respawns),
+            ]
+        )
+    blocks.append([f"Whole run: {report['elapsed_s']:.0f} s."])
+    return [line for block in blocks for line in ("", *block)][1:]
+
+
+def write(report: dict, full: bool) -> None:
+    lines = tables(report)
+    RESULTS.mkdir(exist_ok=True)
+    stem = "latest" if full else "partial"
+    (RESULTS / f"{stem}.md").write_text("\n".join(lines) + "\n")
+    (RESULTS / f"{stem}.json").write_text(
+        json.dumps(report, default=lambda o: o.__dict__, indent=1)
+    )
+    if "hello" in report:
+        chart(report["hello"], RESULTS / ("chart.png" if full else "partial-chart.png"))
     print("\n".join(lines))
 
 

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The benchmark in one command: bash bench/run.sh  (about 20 minutes on 2 cores)
-# Needs wrk (Debian: apt-get install wrk); perf (apt-get install linux-perf) is optional: without
-# it the contention profile is skipped. Reuses the venvs of scripts/test-all.sh when they exist and
-# adds the servers compared against (uvicorn-worker, granian), FastAPI and matplotlib.
+# Some sections only: bash bench/run.sh --only pairs,memory  (bench/run.py --help lists them)
+# Needs wrk (Debian: apt-get install wrk). Reuses the venvs of scripts/test-all.sh when they exist
+# and adds the servers compared against (uvicorn-worker, granian), FastAPI and matplotlib.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 command -v wrk >/dev/null || { echo "bench: wrk is needed: apt-get install wrk" >&2; exit 1; }
