@@ -128,6 +128,19 @@ def fd_budget() -> FdBudget:
     return _BUDGET.get(FdBudget)
 
 
+class _NotStarted:
+    """A gate's budget before its worker starts: no pause can happen yet."""
+
+    def maybe_nearly_out(self) -> bool:
+        return False
+
+    def leave(self, gate: AcceptGate) -> None:
+        pass
+
+
+_NOT_STARTED: Any = _NotStarted()
+
+
 class Listening(Protocol):
     """What a gate needs from its worker's server."""
 
@@ -144,11 +157,14 @@ class AcceptGate:
         self.server = server
         self.worker_connections = worker_connections
         self.log = log
-        self.budget = budget or fd_budget()
+        self.budget = budget or _NOT_STARTED
         self.reasons: set[str] = set()
         self.open_connections = 0
 
     def start(self) -> None:
+        """In the worker's own process (its worker object may be made before a fork)."""
+        if self.budget is _NOT_STARTED:
+            self.budget = fd_budget()
         self.budget.join(self)
         self.budget.open_fds()
 

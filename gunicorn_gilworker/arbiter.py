@@ -1,27 +1,24 @@
-"""GilArbiter: gunicorn's master loop, with a spawn strategy per topology.
+"""GilArbiter: gunicorn's master loop, each worker seam handed to the worker's topology.
 
 gunicorn's Arbiter keeps everything it does (signal queue, HUP/TERM/INT/QUIT/TTIN/TTOU/USR1/USR2,
 `manage_workers`, `murder_workers`, graceful stop, pidfile, systemd, the control socket). This
-subclass overrides only its documented seams:
+subclass overrides only its documented seams, and hands each to a topology (`topologies/`):
 
-- `spawn_workers` / `spawn_worker`: handed to the strategy chosen for the configuration
-  (`strategies/`), after claiming a worker slot (`budget.Slots`: a slot that keeps crashing
-  backs off instead of spinning);
-- `kill_worker` / `reap_workers`: a thread of the master goes to the master's ThreadSupervisor,
-  a child process to gunicorn's own code (with its exit status kept for the crash budget);
-- `setup`: after a HUP, forget the strategy (the new configuration chooses again) and, where
-  the master imported the app for its workers, the app's modules (new code);
+- `spawn_workers` / `spawn_worker`: to the topology chosen for the configuration (chosen once per
+  configuration from the pure rules of `mode.py`, entered before its first worker), after
+  claiming a worker slot (`budget.Slots`: a slot that keeps crashing backs off);
+- `kill_worker` / `reap_workers`: to the topology that started the worker (after a HUP that
+  chose another topology, the old workers drain under the one that started them);
+- `setup`: after a HUP, choose again, and where the master imported the app for its workers,
+  forget the app's modules (new code);
 - `handle_usr1`: the crash tracebacks follow the reopened error log;
-- `WORKERS`: a map whose walks see one moment of it, as gunicornc's thread walks it too
-  (`worker_map.py`).
+- `WORKERS`: a map whose walks see one moment of it, as gunicornc's thread walks it too.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-import signal
-import sys
 import threading
 import time
 import warnings
@@ -30,55 +27,56 @@ from typing import Any
 
 from gunicorn.arbiter import Arbiter
 from gunicorn.errors import HaltServer
-from gunicorn.reloader import reloader_engines
 
 from gunicorn_gilworker.budget import CrashBudget, Slots
-from gunicorn_gilworker.control import ControlHandlers, event_loops
+from gunicorn_gilworker.control import ControlHandlers
 from gunicorn_gilworker.faults import write_tracebacks_on_crash
-from gunicorn_gilworker.gil_watch import GilWatch
 from gunicorn_gilworker.mode import (
     Decision,
     decide,
     free_threaded_build,
     gil_cause,
-    gil_enabled,
     needs_app_import,
 )
-from gunicorn_gilworker.reload import forget_app_modules
-from gunicorn_gilworker.stack import start_up_lines
-from gunicorn_gilworker.strategies import Strategy, strategy_for
-from gunicorn_gilworker.supervision import HALT_REASONS, Ended, ThreadSupervisor, failure_status
+from gunicorn_gilworker.reload import MasterReloader, forget_app_modules
+from gunicorn_gilworker.supervision import HALT_REASONS, failure_status
+from gunicorn_gilworker.topologies import Topology, topology_for
+from gunicorn_gilworker.upstream import (
+    arbiter_stats,
+    gil_enabled,
+    gil_xoption,
+    start_control_server,
+)
 from gunicorn_gilworker.worker_map import WorkerMap
 
 
 class GilArbiter(Arbiter):
     def __init__(self, app: Any) -> None:
         self.WORKERS: dict[int, Any] = WorkerMap()  # gunicornc's thread walks it too
-        self.strategy: Strategy | None = None  # chosen when the first worker of a config starts
+        self.current: Topology | None = None  # chosen when the first worker of a config starts
+        self.topologies: dict[str, Topology] = {}  # each run since start: it owns its workers
         self.app_in_master = False  # the master imported the app for its workers to share
-        self.gil_watch: GilWatch | None = None
-        self.code_reloader: Any = None
         self.import_warnings: list[str] = []
         self.halting = False
         self._wake_at = 0.0
         self._loops_reported = -1
         super().__init__(app)  # runs setup()
-        self.threads = ThreadSupervisor(self.log, self.SIG_QUEUE)  # the master's worker threads
+        self.reloader = MasterReloader(self)
         self.slots = Slots(
             CrashBudget(self.cfg.max_restarts, self.cfg.restart_window), self.log, self._wake_in
         )
-        self._stats.update(worker_crashes=0, threads_abandoned=0)  # private: gunicornc shows it
+        arbiter_stats(self).update(worker_crashes=0, threads_abandoned=0)  # gunicornc shows it
 
     def setup(self, app: Any) -> None:
-        if self.strategy is not None and self.app_in_master:  # a HUP: successors get new code
+        if self.current is not None and self.app_in_master:  # a HUP: successors get new code
             self._forget_app_code(app)
         with self._recording_warnings():  # a preloaded app may turn the GIL on
             super().setup(app)
         write_tracebacks_on_crash(self.log)
-        if self.strategy is not None:  # a reload keeps the slots' records, with the new limits
+        if self.current is not None:  # a reload keeps the slots' records, with the new limits
             self.slots.budget.max_restarts = self.cfg.max_restarts
             self.slots.budget.window = self.cfg.restart_window
-        self.strategy = None  # choose again: the reloaded config may ask for another topology
+        self.current = None  # choose again: the reloaded config may ask for another topology
 
     def handle_usr1(self) -> None:
         super().handle_usr1()
@@ -88,27 +86,21 @@ class GilArbiter(Arbiter):
 
     @property
     def decision(self) -> Decision | None:
-        return self.strategy.decision if self.strategy else None
+        return self.current.decision if self.current else None
 
-    def topology(self) -> Strategy:
-        """The spawn strategy of this configuration, chosen before its first worker starts."""
-        if self.strategy is None:
+    def topology(self) -> Topology:
+        """The topology of this configuration, chosen and entered before its first worker."""
+        if self.current is None:
             decision = self._decide()
-            (self.log.warning if decision.forced else self.log.info)(decision.message)
-            self._log_stack(decision)
-            strategy = strategy_for(decision, self)
-            strategy.enter()
-            self.strategy = strategy
-        return self.strategy
+            topology = self.topologies.get(decision.topology) or topology_for(decision, self)
+            self.topologies[decision.topology] = topology
+            topology.enter(decision)
+            self.current = topology
+        return self.current
 
-    def _log_stack(self, decision: Decision) -> None:
-        """What serves HTTP in every worker and, in thread mode, what makes it cost more."""
-        thread_mode = decision.mode == "thread"
-        loops = decision.workers * decision.threads if thread_mode else decision.workers
-        for level, line in start_up_lines(
-            self.cfg, loops, len(os.sched_getaffinity(0)), thread_mode
-        ):
-            getattr(self.log, level)(line)
+    def owner(self, wid: int) -> Topology | None:
+        """The topology that started worker `wid` and has not reaped it."""
+        return next((t for t in self.topologies.values() if t.owns(wid)), None)
 
     def _decide(self) -> Decision:
         requested = self.cfg.gil_mode
@@ -116,9 +108,7 @@ class GilArbiter(Arbiter):
         self.app_in_master = needs_app_import(requested, free_threaded)
         if self.app_in_master:
             self._import_app()
-        cause = gil_cause(
-            self.import_warnings, os.environ.get("PYTHON_GIL"), sys._xoptions.get("gil")
-        )
+        cause = gil_cause(self.import_warnings, os.environ.get("PYTHON_GIL"), gil_xoption())
         return decide(
             requested, free_threaded, gil_enabled(), cause, self.cfg.threads, self.num_workers
         )
@@ -146,34 +136,14 @@ class GilArbiter(Arbiter):
                 self.import_warnings.append(str(w.message))
                 warnings.showwarning(w.message, w.category, w.filename, w.lineno)
 
-    def start_gil_watch(self) -> None:
-        """Notice an extension that turns the GIL back on at run time (thread workers)."""
-        if self.gil_watch is None:
-            self.gil_watch = GilWatch(self.log)
-            self.gil_watch.start()
-
-    def start_code_reloader(self) -> None:
-        """--reload where workers share the master's import: a changed file makes the master
-        reload (HUP) once, importing the app anew for the successors."""
-        if not self.cfg.reload or self.code_reloader is not None:
-            return
-
-        def changed(filename: str) -> None:
-            self.log.info("Worker reloading: %s modified", filename)
-            self.code_reloader = None
-            self.SIG_QUEUE.put_nowait(signal.SIGHUP)
-            sys.exit(0)  # ends this watcher thread; the reload starts a fresh one
-
-        self.log.warning("Reloader is on. Use in development only!")
-        engine = reloader_engines[self.cfg.reload_engine]
-        self.code_reloader = engine(extra_files=self.cfg.reload_extra_files, callback=changed)
-        self.code_reloader.start()
-
     def _forget_app_code(self, app: Any) -> None:
         app_dirs = [app.cfg.chdir, *filter(None, (app.cfg.pythonpath or "").split(","))]
         forgotten = forget_app_modules(app_dirs)
         app.callable = None  # gunicorn's cache of the loaded app: load it again
-        self.log.info("gilworker: %d app modules will be imported again", len(forgotten))
+        self.log.info(
+            "gilworker: the app's %d modules will be imported anew for the new workers",
+            len(forgotten),
+        )
 
     # -- the seams: spawn, signal, reap ---------------------------------------------------
 
@@ -181,11 +151,11 @@ class GilArbiter(Arbiter):
         self.topology().spawn_workers()
 
     def spawn_worker(self) -> int | None:
-        strategy = self.topology()  # first: entering thread mode drops privileges
+        topology = self.topology()  # first: entering thread mode drops privileges
         slot = self.slots.claim(self.WORKERS)
         if slot is None:
             return None
-        wid = strategy.spawn_worker()
+        wid = topology.spawn_worker()
         if wid is not None:
             self.slots.hold(wid, slot)
         return wid
@@ -202,17 +172,16 @@ class GilArbiter(Arbiter):
         timer.start()
 
     def kill_worker(self, pid: int, sig: int) -> None:
-        if pid not in self.threads:
+        owner = self.owner(pid)
+        if owner is None:  # not started by a topology (gunicorn's own bookkeeping)
             super().kill_worker(pid, sig)
-            return
-        self.threads.deliver(pid, sig)  # thread-safe: gunicornc calls it from its own thread
-        if sig in (signal.SIGTERM, signal.SIGKILL):
-            self._stats["workers_killed"] += 1
-        if sig == signal.SIGABRT:  # stuck: replace it now; the supervisor keeps watching it
-            self.WORKERS.pop(pid, None)
+        else:
+            owner.kill(pid, sig)
 
     def reap_workers(self) -> None:
-        exits = self._peek_process_exits()
+        exits = {
+            pid: crashed for t in self.topologies.values() for pid, crashed in t.exits().items()
+        }
         try:
             super().reap_workers()
         except HaltServer:
@@ -222,30 +191,26 @@ class GilArbiter(Arbiter):
                 raise
         for pid, crashed in exits.items():
             if pid not in self.WORKERS:
-                self._worker_ended(pid, crashed)
-        self.reap_threads()
+                self.worker_ended(pid, crashed)
+        self._reap_topologies()
 
-    def _peek_process_exits(self) -> dict[int, bool]:
-        """Which worker processes have exited and whether they crashed, read without reaping
-        them (WNOWAIT): gunicorn's own reap_workers() reaps them and keeps no status."""
-        exits = {}
-        for pid in list(self.WORKERS):
-            if pid in self.threads:
-                continue
-            try:
-                info = os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
-            except ChildProcessError:
-                continue
-            if info is not None:
-                exits[pid] = not (info.si_code == os.CLD_EXITED and info.si_status == 0)
-        return exits
+    def _reap_topologies(self) -> None:
+        for topology in list(self.topologies.values()):
+            topology.reap()
+
+    def worker_ended(self, wid: int, crashed: bool) -> None:
+        """A worker of any topology is gone: its slot is free, a crash charged to it."""
+        if self.slots.release(wid, crashed and not self.halting):
+            arbiter_stats(self)["worker_crashes"] += 1
+            self.log.debug(  # a statsd counter
+                "worker crashed",
+                extra={"metric": "gilworker.worker_crashes", "value": 1, "mtype": "counter"},
+            )
 
     def manage_workers(self) -> None:
-        self.reap_threads()  # on every loop turn too: an exit notice must never be the only way
-        if self.gil_watch is not None:
-            self.gil_watch.check()
+        self._reap_topologies()  # on every loop turn too: a thread's exit notice may be lost
         super().manage_workers()
-        loops = event_loops(self.WORKERS.values())
+        loops = self.event_loops()
         if loops != self._loops_reported:  # as gunicorn reports its worker count
             self._loops_reported = loops
             self.log.debug(
@@ -254,37 +219,8 @@ class GilArbiter(Arbiter):
                 extra={"metric": "gilworker.event_loops", "value": loops, "mtype": "gauge"},
             )
 
-    def reap_threads(self) -> None:
-        for ended in self.threads.reap(abandon_after=self.cfg.graceful_timeout):
-            self._thread_ended(ended)
-
-    def _thread_ended(self, ended: Ended) -> None:
-        """What gunicorn does for a reaped worker process, done for a thread."""
-        wid, worker = ended.handle.id, ended.handle.worker
-        if ended.abandoned:
-            self._stats["threads_abandoned"] += 1
-            self.log.error(
-                "Worker thread %s did not stop within %ss of its abort: abandoned (%d so far)",
-                wid,
-                self.cfg.graceful_timeout,
-                self._stats["threads_abandoned"],
-                extra={"metric": "gilworker.threads_abandoned", "value": 1, "mtype": "counter"},
-            )
-        else:
-            self.WORKERS.pop(wid, None)
-            if ended.status in HALT_REASONS and not self.halting:  # one halt, however many fail
-                raise HaltServer(HALT_REASONS[ended.status], ended.status)
-        worker.tmp.close()
-        self.cfg.child_exit(self, worker)
-        self._worker_ended(wid, ended.crashed)
-
-    def _worker_ended(self, wid: int, crashed: bool) -> None:
-        if self.slots.release(wid, crashed and not self.halting):
-            self._stats["worker_crashes"] += 1
-            self.log.debug(  # a statsd counter
-                "worker crashed",
-                extra={"metric": "gilworker.worker_crashes", "value": 1, "mtype": "counter"},
-            )
+    def event_loops(self) -> int:
+        return sum(t.event_loops() for t in self.topologies.values())
 
     def halt(self, reason: str | None = None, exit_status: int = 0) -> None:
         self.halting = True
@@ -293,7 +229,4 @@ class GilArbiter(Arbiter):
     # -- gunicornc --------------------------------------------------------------------------
 
     def _start_control_server(self) -> None:
-        # Private seam: gunicorn 25.1+ starts gunicornc's server here; its `handlers` answer.
-        super()._start_control_server()
-        if self._control_server is not None:
-            self._control_server.handlers = ControlHandlers(self)
+        start_control_server(self, super()._start_control_server, ControlHandlers(self))

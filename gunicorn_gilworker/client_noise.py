@@ -1,8 +1,9 @@
 """What a client can make a worker log, as often as it likes, summarised.
 
 A connection closed by `--header-timeout` and a malformed request (uvicorn's "Invalid HTTP
-request received.") each logged a WARNING: 5,000 idle connections wrote 5,000 lines. Now each
-is logged at debug level and counted in statsd (`gilworker.client.<kind>`); at the default level
+request received.") are the client's doing, and a client can make thousands a second: a line
+each would bury the log. So each is logged at debug level and counted in statsd
+(`gilworker.client.<kind>`); at the default level
 the first of a kind is logged with a word that more are counted, and the counts come as one line
 per kind and interval (60 s), from every worker of the process together.
 

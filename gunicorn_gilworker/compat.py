@@ -7,7 +7,7 @@
   WSGI, HTTP/2, uWSGI), and why. Where a user sets one to a value that would matter, gilworker
   says so at start-up (`unserved`) or refuses to start (`settings.check_combination`).
 
-The README's compatibility table shows this table; tests/test_compat.py checks that the two
+docs/settings.md shows this table (the README links it); tests/test_compat.py checks that the two
 agree and that every setting of the installed gunicorn is here, so a setting added by a new
 gunicorn release fails the tests until it is classified.
 """
@@ -201,7 +201,7 @@ def unserved(cfg: Any) -> list[str]:
 
 
 def markdown_table() -> str:
-    """The README's table: `python -m gunicorn_gilworker.compat` prints it."""
+    """docs/settings.md's table: `python -m gunicorn_gilworker.compat` prints it."""
     from gunicorn.config import Config
 
     import gunicorn_gilworker.settings  # noqa: F401  (registers gilworker's own)

@@ -12,7 +12,8 @@ from __future__ import annotations
 import warnings
 from typing import Any
 
-from gunicorn_gilworker.mode import gil_cause, gil_enabled
+from gunicorn_gilworker.mode import gil_cause
+from gunicorn_gilworker.upstream import gil_enabled
 
 
 class GilWatch:

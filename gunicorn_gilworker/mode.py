@@ -13,7 +13,6 @@ gunicorn. Three topologies:
 from __future__ import annotations
 
 import re
-import sys
 import sysconfig
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -54,11 +53,6 @@ class Decision:
 
 def free_threaded_build() -> bool:
     return bool(sysconfig.get_config_var("Py_GIL_DISABLED"))
-
-
-def gil_enabled() -> bool:
-    is_enabled = getattr(sys, "_is_gil_enabled", None)
-    return True if is_enabled is None else bool(is_enabled())
 
 
 def gil_cause(

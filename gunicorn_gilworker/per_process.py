@@ -1,8 +1,8 @@
 """One object per process, shared by its worker threads.
 
-Made by whichever worker thread asks first. Without the lock, two threads starting together on a
-free-threaded build each made their own (issue 15: two FdBudgets, each counting half the
-connections, so neither worker paused before the process ran out of descriptors). A forked
+Made by whichever worker thread asks first, under a lock: two threads starting together on a
+free-threaded build would otherwise each make their own (two FdBudgets, each counting half the
+connections, so that neither worker pauses before the process runs out of descriptors). A forked
 child makes its own, with a fresh lock (a thread of the parent may have held it at the fork).
 """
 

@@ -11,8 +11,12 @@ keep at module level about the app's old objects (registries, caches, singletons
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from collections.abc import Iterable
+from typing import Any
+
+from gunicorn_gilworker.upstream import code_reloader
 
 KEEP = ("gunicorn", "uvicorn", "gunicorn_gilworker", "__main__", "__config__")
 LIBRARY_DIRS = ("site-packages", "dist-packages")
@@ -39,3 +43,27 @@ def forget_app_modules(app_dirs: Iterable[str]) -> list[str]:
     for name in names:
         sys.modules.pop(name, None)
     return names
+
+
+class MasterReloader:
+    """--reload where workers share the master's import: a changed file makes the master reload
+    (HUP) once, importing the app anew for the successors. gunicorn's own watcher runs in each
+    worker process, which here would stop a worker before any successor had the new code."""
+
+    def __init__(self, arbiter: Any) -> None:
+        self.arbiter = arbiter
+        self.watcher: Any = None
+
+    def start(self) -> None:
+        cfg = self.arbiter.cfg
+        if not cfg.reload or self.watcher is not None:
+            return
+        self.arbiter.log.warning("Reloader is on. Use in development only!")
+        self.watcher = code_reloader(cfg, self._changed)
+        self.watcher.start()
+
+    def _changed(self, filename: str) -> None:
+        self.arbiter.log.info("Worker reloading: %s modified", filename)
+        self.watcher = None
+        self.arbiter.SIG_QUEUE.put_nowait(signal.SIGHUP)
+        sys.exit(0)  # ends this watcher thread; the reload starts a fresh one

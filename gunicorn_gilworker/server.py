@@ -14,60 +14,91 @@ import contextlib
 import socket
 import time
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import uvicorn
+from uvicorn.server import ServerState
 
 from gunicorn_gilworker.accepting import FD_ERRORS, AcceptGate
-from gunicorn_gilworker.client_noise import ClientNoise
+from gunicorn_gilworker.client_noise import ClientNoise, client_noise
 from gunicorn_gilworker.request.drain import Drain
+from gunicorn_gilworker.upstream import (
+    connections,
+    handle_callback_name,
+    listening_servers,
+    protocol_factory,
+    set_server_state,
+)
+from gunicorn_gilworker.upstream import server_state as server_state_of
 
 
 class WorkerServer(uvicorn.Server):
+    """`server_state`: uvicorn's state of this server, or one that also counts its requests for
+    a process of threads; `worker_connections` and `drain_grace` as the worker's settings."""
+
     loop: asyncio.AbstractEventLoop | None = None
-    drain: Drain | None = None  # set by the worker with its protocols
-    gate: AcceptGate | None = None  # likewise
-    noise: ClientNoise | None = None  # this process's count of client-caused events
-    spares: list[socket.socket] = []  # noqa: RUF012  (a dup of each listener, to listen again)
+
+    def __init__(
+        self,
+        config: uvicorn.Config,
+        server_state: ServerState | None,
+        *,
+        worker_connections: int,
+        drain_grace: float,
+        log: Any,
+        serving: Callable[[], None],
+    ) -> None:
+        super().__init__(config)
+        self.serving = serving  # called once its lifespan startup is done
+        if server_state is not None:
+            set_server_state(self, server_state)
+        self.drain = Drain(drain_grace)
+        self.gate = AcceptGate(self, worker_connections, log)
+        self.log = log
+        self.spares: list[socket.socket] = []  # a dup of each listener, to listen again
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
         yield
 
+    @property
+    def noise(self) -> ClientNoise:
+        """This process's count of client-caused events (a forked worker makes its own)."""
+        return client_noise(self.log)
+
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         self.loop = asyncio.get_running_loop()
         self.loop.set_exception_handler(self._loop_exception)
         self.spares = [listener.dup() for listener in sockets or ()]
+        self.gate.start()  # before the first connection
         await super().startup(sockets=sockets)
-        if self.gate is not None:
-            self.gate.start()
+        if self.started:
+            self.serving()
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         # A graceful stop drains keep-alive connections first (drain.py): uvicorn's shutdown
         # would close the idle ones at once, under a client that has just sent its request.
-        if self.gate is not None:
-            self.gate.stop()
+        self.gate.stop()
         for spare in self.spares:
             spare.close()
         if not self.force_exit:
             self.stop_accepting()
-            if self.drain is not None:
-                self.drain.begin(self.server_state.connections, asyncio.get_running_loop())
-            while self.server_state.connections and not self.force_exit:
+            open_connections = connections(server_state_of(self))
+            self.drain.begin(open_connections, asyncio.get_running_loop())
+            while open_connections and not self.force_exit:
                 await asyncio.sleep(0.05)
         await super().shutdown(sockets=sockets)
 
     async def on_tick(self, counter: int) -> bool:
         now = time.monotonic()
-        if self.gate is not None:
-            self.gate.tick(now)
-        if self.noise is not None:
-            self.noise.flush(now)
+        self.gate.tick(now)
+        self.noise.flush(now)
         return await super().on_tick(counter)
 
     # -- accepting (accepting.py decides when) ----------------------------------------------
 
     def stop_accepting(self) -> None:
-        for server in getattr(self, "servers", ()):  # uvicorn's asyncio servers, set in startup
+        for server in listening_servers(self):
             server.close()
 
     def accept_again(self) -> None:
@@ -76,44 +107,33 @@ class WorkerServer(uvicorn.Server):
 
     async def _listen_again(self) -> None:
         assert self.loop is not None
-        config = self.config
+        config, servers = self.config, listening_servers(self)
         try:
             for spare in self.spares:
                 server = await self.loop.create_server(
-                    self._make_protocol, sock=spare.dup(), ssl=config.ssl, backlog=config.backlog
+                    protocol_factory(self), sock=spare.dup(), ssl=config.ssl, backlog=config.backlog
                 )
-                self.servers.append(server)
+                servers.append(server)
         except OSError as exc:  # out of descriptors again: stay paused
-            if self.gate is not None and exc.errno in FD_ERRORS:
+            if exc.errno in FD_ERRORS:
                 self.gate.out_of_descriptors()
             else:
                 raise
-
-    def _make_protocol(self, _loop: asyncio.AbstractEventLoop | None = None) -> asyncio.Protocol:
-        # As uvicorn's startup makes the protocol for each connection.
-        config = self.config
-        return config.http_protocol_class(  # type: ignore[call-arg]
-            config=config,
-            server_state=self.server_state,
-            app_state=self.lifespan.state,
-            _loop=_loop,
-        )
 
     def _loop_exception(self, loop: asyncio.AbstractEventLoop, context: dict) -> None:
         """asyncio's report of an accept that failed for want of descriptors: pause accepting
         (asyncio would log and retry it once per backlog slot, CPython gh-151615), and keep
         quiet about the listener closed under its accept loop meanwhile."""
-        gate, exc = self.gate, context.get("exception")
-        if gate is not None:
-            if context.get("message") == "socket.accept() out of system resource":
-                loop.call_soon(gate.out_of_descriptors)  # after asyncio's own handling of it
-                return
-            # asyncio's private Handle._callback: its accept loop, or its retry of it
-            callback = getattr(getattr(context.get("handle"), "_callback", None), "__name__", "")
-            if callback in ("_accept_connection", "_start_serving") and isinstance(
-                exc, (OSError, ValueError)
-            ):
-                return
+        exc = context.get("exception")
+        if context.get("message") == "socket.accept() out of system resource":
+            loop.call_soon(self.gate.out_of_descriptors)  # after asyncio's own handling of it
+            return
+        # asyncio's accept loop, or its retry of it
+        callback = handle_callback_name(context.get("handle"))
+        if callback in ("_accept_connection", "_start_serving") and isinstance(
+            exc, (OSError, ValueError)
+        ):
+            return
         loop.default_exception_handler(context)
 
     def call_in_loop(self, callback: Callable[..., object], *args: object) -> None:

@@ -36,12 +36,6 @@ Loop = Literal["uvloop", "asyncio"]
 HTTP_PARSERS: dict[str, Http | None] = {"auto": None, "fast": "httptools", "python": "h11"}
 
 FIX = 'pip install "gunicorn-gilworker[fast]"'
-# bench/run.py on 3.13t, 2 workers: the default install (h11 + asyncio) against [fast], CPU per
-# request: 2.95x in thread mode, 2.77x in process mode ("default install/[fast]" pairs).
-PURE_PYTHON_COST = "about 3x"
-# bench/run.py on 3.13t, 2 CPUs: 8 worker threads against 2, CPU per request: 1.21x
-# ("8 loops/2 loops, thread"); 8 threads against 8 processes: 1.11x.
-OVERSUBSCRIBED_COST = "about 1.2x"
 
 
 @dataclass(frozen=True)
@@ -96,8 +90,8 @@ def start_up_lines(cfg: Any, loops: int, cpus: int, thread_mode: bool) -> list[t
             (
                 "warning",
                 "gilworker: httptools is not installed, so the workers parse HTTP with h11 (pure "
-                f"Python): {PURE_PYTHON_COST} the CPU per request of httptools + uvloop; "
-                f"{FIX}{compiler_note()}",
+                f"Python), which costs several times the CPU per request of httptools + uvloop "
+                f"(README: Install); {FIX}{compiler_note()}",
             )
         )
     if loops > cpus:
@@ -105,8 +99,8 @@ def start_up_lines(cfg: Any, loops: int, cpus: int, thread_mode: bool) -> list[t
             (
                 "warning",
                 f"gilworker: {loops} event loops on {cpus} CPUs: loops beyond one per CPU add "
-                f"switching between threads, not throughput ({OVERSUBSCRIBED_COST} the CPU per "
-                f"request of {cpus} loops); one event loop per CPU serves as much",
+                "switching between threads, not throughput; one event loop per CPU serves as "
+                "much (README: Topologies, How many event loops)",
             )
         )
     return lines

@@ -18,7 +18,6 @@ finished ones (and, in the master, abandons a thread that outlived its abort).
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import signal
 import socket
 import sys
@@ -33,7 +32,15 @@ from gunicorn import sock
 from gunicorn.arbiter import Arbiter
 from gunicorn.errors import AppImportError
 
+from gunicorn_gilworker.upstream import raise_in_thread
+
 THREAD_ID_BASE = 10_000_000  # above any Linux pid (PID_MAX_LIMIT is 2**22 = 4194304)
+
+
+def thread_id(age: int) -> int:
+    """The id of the worker thread of this age: never a process's."""
+    return THREAD_ID_BASE + age
+
 
 # The exit statuses that make gunicorn's master halt, with the reasons it gives.
 HALT_REASONS = {
@@ -103,21 +110,16 @@ class WorkerThread:
     runs no per-worker hook (None): its process runs them, as gunicorn does for gthread."""
 
     def __init__(self, worker: Any, notices: Notices, hook_server: Any = None) -> None:
-        self.worker = worker
+        self.worker = worker  # made with runs_as="thread": its id and its own listeners
         self.notices = notices
         self.hook_server = hook_server
-        self.id = THREAD_ID_BASE + worker.age
+        self.id = worker.pid
         self.exit_code: int | None = None
         self.retired_at = 0.0  # when it was aborted and replaced (0: it still counts as a worker)
         self.finished = threading.Event()
         self.thread = threading.Thread(target=self._run, name=f"gilworker-{self.id}", daemon=True)
-        worker.gil_mode = "thread"
-        worker.runs_hooks = hook_server is not None
 
     def start(self) -> None:
-        self.worker.pid = self.id
-        # uvicorn closes the sockets it served on: each thread gets its own dup of each listener.
-        self.worker.sockets = [listener.dup() for listener in self.worker.sockets]
         try:
             self.thread.start()
         except BaseException:
@@ -190,9 +192,7 @@ class WorkerThread:
         ident = self.thread.ident
         if ident is None or not self.alive:
             return False
-        set_async_exc = ctypes.pythonapi.PyThreadState_SetAsyncExc
-        changed = set_async_exc(ctypes.c_ulong(ident), ctypes.py_object(exc_type))
-        return changed == 1
+        return raise_in_thread(ident, exc_type)
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """GilWorker: gunicorn's settings mapped onto a uvicorn Server serving the worker's sockets.
 
 It runs the same way whether it was forked or started as a thread; how it was started shows only
-in `gil_mode` and in what it leaves to the master: a thread worker does nothing process-wide
+in `runs_as` and in what it leaves to the master: a thread worker does nothing process-wide
 (signals, privileges, environment, random seeding), the master did those once. It offers a
 stop/abort interface that the master's thread strategy calls and that, in a process, the signal
 handlers call.
@@ -9,11 +9,11 @@ handlers call.
 
 from __future__ import annotations
 
+import functools
 import inspect
-import logging
 import ssl
 import sys
-from typing import Any
+from typing import Any, Literal
 
 from gunicorn.arbiter import Arbiter
 from gunicorn.errors import AppImportError
@@ -21,22 +21,22 @@ from gunicorn.sock import ssl_context as gunicorn_ssl_context
 from gunicorn.workers.base import Worker
 from uvicorn.config import Config
 from uvicorn.protocols.websockets.auto import AutoWebSocketsProtocol
+from uvicorn.server import ServerState
 
-from gunicorn_gilworker.accepting import AcceptGate
-from gunicorn_gilworker.client_noise import UvicornClientNoise, client_noise
 from gunicorn_gilworker.compat import unserved
+from gunicorn_gilworker.connection import ConnectionLayer, ProxyPolicy
 from gunicorn_gilworker.faults import write_tracebacks_on_crash
-from gunicorn_gilworker.mode import gil_enabled
-from gunicorn_gilworker.request.coalesce import coalesce_writes
+from gunicorn_gilworker.interpreter import hold_shared_dict_keys
 from gunicorn_gilworker.request.contract import with_request_contract
-from gunicorn_gilworker.request.drain import Drain
 from gunicorn_gilworker.request.forwarded import ForwardedHeaders
-from gunicorn_gilworker.request.limits import HeadLimits, guard_head, limit_websocket
-from gunicorn_gilworker.request.proxy_protocol import expect_proxy_header
+from gunicorn_gilworker.request.limits import HeadLimits, limited_websocket
 from gunicorn_gilworker.server import WorkerServer
-from gunicorn_gilworker.shared_keys import hold_shared_dict_keys
 from gunicorn_gilworker.stack import stack_of
-from gunicorn_gilworker.supervision import when_aborted
+from gunicorn_gilworker.supervision import thread_id, when_aborted
+from gunicorn_gilworker.upstream import gil_enabled
+from gunicorn_gilworker.uvicorn_logs import count_uvicorn_client_noise, route_uvicorn_log
+
+RunsAs = Literal["thread", "process"]
 
 DRAIN_GRACE = 1.0  # seconds an idle keep-alive connection of a stopping worker stays open
 
@@ -45,21 +45,47 @@ class GilWorker(Worker):
     """ASGI worker for gunicorn: `gunicorn -k gilworker app:app`."""
 
     runs_under_gil_arbiter = True  # registration.py swaps gunicorn's Arbiter for GilArbiter
-    gil_mode = "process"  # "thread" when it runs as a thread (of the master or of a process)
-    runs_hooks = True  # False for a loop thread of a worker process of threads: its process does
+    sockets: list[Any]  # gunicorn's listeners (its Worker sets them)
+    exit_status = 0  # set by abort(): uvicorn turns an exception raised in a request into a 500
+
+    def __init__(
+        self,
+        *args: Any,
+        runs_as: RunsAs = "process",
+        host: Worker | None = None,
+        server_state: ServerState | None = None,
+    ) -> None:
+        """gunicorn's worker arguments, and how this worker runs: `runs_as` "thread" for an
+        event-loop thread (of the master, or of `host`, a worker process of threads, which then
+        runs the per-worker hooks and counts `max_requests`, in `server_state`)."""
+        super().__init__(*args)
+        self.runs_as = runs_as
+        self.host = host
+        self.runs_hooks = host is None
+        if runs_as == "thread":
+            self.pid = thread_id(self.age)
+            # uvicorn closes the sockets it served on: each thread gets its own dup of each.
+            self.sockets = [listener.dup() for listener in self.sockets]
+        route_uvicorn_log(self.log)
+        self.config = Config(**self.uvicorn_settings())
+        self.server = WorkerServer(
+            self.config,
+            server_state,
+            worker_connections=self.cfg.worker_connections,
+            drain_grace=min(self.cfg.keepalive, DRAIN_GRACE),
+            log=self.log,
+            serving=self._serving,
+        )
+
+    @property
+    def gil_mode(self) -> RunsAs:
+        """`runs_as`, by the name hooks read it by (README: Thread mode)."""
+        return self.runs_as
 
     @property
     def hook_worker(self) -> Worker:
         """The worker gunicorn's request hooks get: this one, or the process hosting its thread."""
-        return getattr(self, "host", None) or self
-
-    exit_status = 0  # set by abort(): uvicorn turns an exception raised in a request into a 500
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._route_uvicorn_logs()
-        self.config = Config(**self.uvicorn_settings())
-        self.server = WorkerServer(self.config)
+        return self.host or self
 
     @property
     def alive(self) -> bool:
@@ -74,14 +100,7 @@ class GilWorker(Worker):
             self.server.request_exit(force=False)
 
     def __str__(self) -> str:
-        return f"<GilWorker {self.gil_mode} {self.pid}>"
-
-    def _route_uvicorn_logs(self) -> None:
-        # uvicorn's access log stays off: gunicorn's Logger.access writes it (request/contract.py)
-        logger = logging.getLogger("uvicorn.error")
-        logger.handlers = self.log.error_log.handlers
-        logger.setLevel(self.log.error_log.level)
-        logger.propagate = False
+        return f"<GilWorker {self.runs_as} {self.pid}>"
 
     @property
     def head_limits(self) -> HeadLimits:
@@ -106,40 +125,42 @@ class GilWorker(Worker):
             "timeout_keep_alive": cfg.keepalive,
             "timeout_notify": self.timeout,
             "callback_notify": self.callback_notify,
-            "limit_max_requests": None if self.max_requests == sys.maxsize else self.max_requests,
+            # a worker process of threads counts over its threads (its server_state)
+            "limit_max_requests": (
+                None if self.max_requests == sys.maxsize or self.host else self.max_requests
+            ),
             "forwarded_allow_ips": cfg.forwarded_allow_ips,
             "backlog": cfg.backlog,
         }
         return settings  # TLS: gunicorn's own context, set in run()
 
     def build_protocols(self) -> None:
-        """uvicorn's protocols with gunicorn's request limits, and a response's head and body
-        sent together. Called in the worker's own thread: on a free-threaded build the thread
-        that makes a class owns its methods' reference counts, and a method of a class made in
-        another thread sends every lookup of it through the interpreter's locked slow path."""
-        limits, config, cfg = self.head_limits, self.config, self.cfg
-        server = self.server
-        server.noise = noise = client_noise(self.log)  # this process's (a fork makes its own)
-        count_uvicorn_client_noise(noise)
-        server.drain = drain = Drain(grace=min(cfg.keepalive, DRAIN_GRACE))
-        server.gate = gate = AcceptGate(server, cfg.worker_connections, self.log)
-        config.http = guard_head(
-            coalesce_writes(stack_of(cfg).protocol_class),
-            limits,
-            cfg.header_timeout,
-            drain,
-            gate,
-            noise,
+        """uvicorn's protocols inside gilworker's connection layer, and its WebSocket protocol
+        checking each handshake against gunicorn's head limits. Called in the worker's own
+        thread (interpreter.CLASSES_PER_THREAD)."""
+        config, cfg, server = self.config, self.cfg, self.server
+        count_uvicorn_client_noise(server.noise)
+        layer = ConnectionLayer(
+            stack_of(cfg).protocol_class,
+            limits=self.head_limits,
+            header_timeout=cfg.header_timeout,
+            drain=server.drain,
+            gate=server.gate,
+            noise=server.noise,
+            log=self.log,
+            proxy=ProxyPolicy(cfg) if cfg.proxy_protocol != "off" else None,
         )
-        if cfg.proxy_protocol != "off":
-            config.http = expect_proxy_header(config.http, cfg)
+        # uvicorn's Config calls `http` and `ws` as its protocol classes: a factory will do
+        config.http = layer.protocol_factory  # type: ignore[assignment]
         if AutoWebSocketsProtocol is not None:  # else uvicorn serves no WebSockets ("auto")
-            config.ws = limit_websocket(AutoWebSocketsProtocol, limits)
+            config.ws = functools.partial(  # type: ignore[assignment]
+                limited_websocket(AutoWebSocketsProtocol), self.head_limits
+            )
 
     # -- life cycle ---------------------------------------------------------------------------
 
     def init_process(self) -> None:
-        if self.gil_mode == "process":
+        if self.runs_as == "process":
             super().init_process()
             return
         # A thread: the master already set the environment, privileges and seed for the whole
@@ -156,7 +177,7 @@ class GilWorker(Worker):
 
     def run(self) -> None:
         self.build_protocols()  # imports uvicorn's protocol module (and h11), so before:
-        if self.gil_mode == "thread":
+        if self.runs_as == "thread":
             when_aborted(self.server.stop_accepting)
             if not gil_enabled():
                 # held while this thread serves: shared dicts stay lock-free (shared_keys.py)
@@ -189,9 +210,7 @@ class GilWorker(Worker):
         except Exception:
             # A forked gunicorn worker would log the traceback, then print its last line
             # again: log it once, and end as gunicorn ends a worker that failed to boot.
-            self.log.exception(
-                "Exception in worker %s", "thread" if self.gil_mode == "thread" else "process"
-            )
+            self.log.exception("Exception in worker %s", self.runs_as)
             sys.exit(Arbiter.WORKER_BOOT_ERROR)
         refuse_wsgi(self.wsgi)
 
@@ -200,6 +219,10 @@ class GilWorker(Worker):
         """gunicorn's start-up check of the worker class: name what will not be served."""
         for line in unserved(cfg):
             log.warning("gilworker: %s", line)
+
+    def _serving(self) -> None:
+        """The worker's one start-up line, once its lifespan startup is done."""
+        self.log.info("Worker %s %s serving", self.runs_as, self.pid)
 
     async def callback_notify(self) -> None:
         self.notify()
@@ -250,14 +273,6 @@ class GilWorker(Worker):
         self.server.stop_accepting()
         self.abort()
         sys.exit(1)
-
-
-def count_uvicorn_client_noise(noise: Any) -> None:
-    """uvicorn's per-client warnings, counted by this process's ClientNoise (one filter)."""
-    logger = logging.getLogger("uvicorn.error")
-    for old in [f for f in logger.filters if isinstance(f, UvicornClientNoise)]:
-        logger.removeFilter(old)
-    logger.addFilter(UvicornClientNoise(noise))
 
 
 def tls_context(cfg: Any) -> ssl.SSLContext:

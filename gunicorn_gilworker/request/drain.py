@@ -26,8 +26,17 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
+from gunicorn_gilworker.upstream import (
+    NO_CYCLE,
+    current_cycle,
+    http_cycle,
+    last_response,
+    protocol_transport,
+    response_complete,
+    response_started,
+)
+
 CLOSE = (b"connection", b"close")
-_NOT_HTTP = object()
 
 
 class Drain:
@@ -38,25 +47,23 @@ class Drain:
     def begin(self, connections: Iterable[Any], loop: Any) -> None:
         self.active = True
         for connection in list(connections):
-            cycle: Any = getattr(connection, "cycle", _NOT_HTTP)
-            if cycle is _NOT_HTTP:  # a WebSocket
+            cycle = current_cycle(connection)
+            if cycle is NO_CYCLE:  # a WebSocket
                 connection.shutdown()
-            elif cycle is None or cycle.response_complete:
+            elif response_complete(cycle):
                 loop.call_later(self.grace, close_if_idle, connection)
-            elif not cycle.response_started:
+            elif not response_started(cycle):
                 self.last_request(cycle)
             # else: a response under way, head already sent: see the module's docstring
 
     def last_request(self, cycle: Any) -> None:
         """This request's response is its connection's last: say so, then close."""
-        cycle.keep_alive = False
-        if not cycle.response_started:
-            cycle.send = announcing_close(cycle.send)
+        last_response(cycle, announcing_close)
 
 
 def close_if_idle(connection: Any) -> None:
-    cycle, transport = connection.cycle, connection.transport
-    if (cycle is None or cycle.response_complete) and not transport.is_closing():
+    transport = protocol_transport(connection)
+    if response_complete(http_cycle(connection)) and not transport.is_closing():
         transport.close()
 
 

@@ -5,10 +5,6 @@ from X-Forwarded-Proto, for peers in `forwarded_allow_ips`. gunicorn also trusts
 peers, each header of `secure_scheme_headers` set to its value (by default
 `X-Forwarded-Protocol: ssl` and `X-Forwarded-Ssl: on` too): the request is then https.
 This subclass adds those to uvicorn's and takes its place in the app chain.
-
-It calls uvicorn's `__call__` by name, not through `super()`: on 3.13t every `super()` lookup
-takes the interpreter's one type lock, which the worker threads then contend for on each
-request (CPython gh-145685, PR 145775).
 """
 
 from __future__ import annotations
@@ -16,8 +12,6 @@ from __future__ import annotations
 from typing import Any
 
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
-
-proxy_headers = ProxyHeadersMiddleware.__call__  # uvicorn's, called by name below
 
 
 class ForwardedHeaders(ProxyHeadersMiddleware):
@@ -39,4 +33,4 @@ class ForwardedHeaders(ProxyHeadersMiddleware):
                 and not self.secure.isdisjoint(scope["headers"])
             ):
                 scope["scheme"] = "wss" if scope["type"] == "websocket" else "https"
-        return proxy_headers(self, scope, receive, send)
+        return super().__call__(scope, receive, send)

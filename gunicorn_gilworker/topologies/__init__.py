@@ -1,17 +1,12 @@
-"""How the workers of one configuration come to life: one spawn strategy per topology.
+"""The three topologies, each owning its workers' whole life under GilArbiter.
 
-GilArbiter picks the strategy once per configuration (at start, and again after a HUP), from
-the pure decision of `mode.py`; it then asks the strategy to enter its topology (what the
-process must do once, before any worker starts) and to spawn workers:
+GilArbiter chooses one per configuration (at start, and again after a HUP) from the pure
+decision of `mode.py`, enters it, and hands it each seam of gunicorn's master loop:
 
-- `ForkedProcesses`: gunicorn's own fork path, untouched (`processes.py`);
-- `ProcessesOfThreads`: the same fork path, each child a worker process of N event-loop
-  threads (`hosted.py`; the child's side is `host.py`);
-- `ThreadsInMaster`: each worker an event-loop thread of the master (`threads.py`).
-
-Signalling and reaping follow what a worker is, not the configuration that spawned it (after a
-HUP the old workers drain under the new configuration): a child process is signalled and reaped
-by gunicorn's own code, a thread of the master by the master's ThreadSupervisor.
+- `ForkedProcesses`: gunicorn's own fork path, one event loop per process (`processes.py`);
+- `ThreadsInMaster`: each worker an event-loop thread of the master (`threads_in_master.py`);
+- `ProcessesOfThreads`: `-w P --threads N`, P forked processes of N event-loop threads each,
+  master side and child side together (`processes_of_threads/`).
 """
 
 from __future__ import annotations
@@ -19,20 +14,21 @@ from __future__ import annotations
 from typing import Any
 
 from gunicorn_gilworker.mode import Decision
-from gunicorn_gilworker.strategies.base import Strategy
-from gunicorn_gilworker.strategies.hosted import ProcessesOfThreads
-from gunicorn_gilworker.strategies.processes import ForkedProcesses
-from gunicorn_gilworker.strategies.threads import ThreadsInMaster
+from gunicorn_gilworker.mode import Topology as TopologyName
+from gunicorn_gilworker.topologies.base import Topology
+from gunicorn_gilworker.topologies.processes import ForkedProcesses
+from gunicorn_gilworker.topologies.processes_of_threads import ProcessesOfThreads
+from gunicorn_gilworker.topologies.threads_in_master import ThreadsInMaster
 
-STRATEGIES: dict[str, type[Strategy]] = {
+TOPOLOGIES: dict[TopologyName, type[Topology]] = {
     "processes": ForkedProcesses,
     "processes_of_threads": ProcessesOfThreads,
     "threads": ThreadsInMaster,
 }
 
 
-def strategy_for(decision: Decision, arbiter: Any) -> Strategy:
-    return STRATEGIES[decision.topology](arbiter, decision)
+def topology_for(decision: Decision, arbiter: Any) -> Topology:
+    return TOPOLOGIES[decision.topology](arbiter, decision)
 
 
-__all__ = ["Strategy", "strategy_for"]
+__all__ = ["TOPOLOGIES", "Topology", "topology_for"]

@@ -1,15 +1,49 @@
-"""Forked worker processes, one event loop each: gunicorn's own fork path, as it is."""
+"""Forked worker processes, one event loop each: gunicorn's own fork, signal and reap."""
 
 from __future__ import annotations
 
+import os
+from typing import Any
+
 from gunicorn.arbiter import Arbiter
 
-from gunicorn_gilworker.strategies.base import Strategy
+from gunicorn_gilworker.mode import Decision
+from gunicorn_gilworker.topologies.base import Topology
 
 
-class ForkedProcesses(Strategy):
+class ForkedProcesses(Topology):
+    name = "processes"
+
+    def __init__(self, arbiter: Any, decision: Decision) -> None:
+        super().__init__(arbiter, decision)
+        self.pids: set[int] = set()  # forked and not yet reaped
+
     def spawn_workers(self) -> None:
         Arbiter.spawn_workers(self.arbiter)  # staggered forks, each through arbiter.spawn_worker
 
     def spawn_worker(self) -> int | None:
-        return Arbiter.spawn_worker(self.arbiter)  # in the child it never returns
+        pid = Arbiter.spawn_worker(self.arbiter)  # in the child it never returns
+        self.pids.add(pid)
+        return pid
+
+    def owns(self, wid: int) -> bool:
+        return wid in self.pids
+
+    def kill(self, wid: int, sig: int) -> None:
+        Arbiter.kill_worker(self.arbiter, wid, sig)
+
+    def exits(self) -> dict[int, bool]:
+        """Which of its processes have exited and whether they crashed, read without reaping
+        them (WNOWAIT): gunicorn's own reap_workers() reaps them and keeps no status."""
+        exits = {}
+        for pid in list(self.pids):
+            try:
+                info = os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+            except ChildProcessError:
+                continue
+            if info is not None:
+                exits[pid] = not (info.si_code == os.CLD_EXITED and info.si_status == 0)
+        return exits
+
+    def reap(self) -> None:
+        self.pids.intersection_update(self.arbiter.WORKERS)  # gunicorn reaped or dropped them

@@ -1,21 +1,45 @@
-"""Worker processes of event-loop threads (`-w P --threads N`), the master's side.
-
-The master forks P worker processes through gunicorn's own fork path, each a `ThreadsProcess`
-(`host.py`) running N event-loop threads. It forks them after importing the app itself, so the
-processes share its pages; its HUP and --reload import the app anew before forking successors.
-"""
+"""The master's side of worker processes of threads: P forked processes, N loops each."""
 
 from __future__ import annotations
 
 from gunicorn_gilworker.accepting import raise_fd_limit
-from gunicorn_gilworker.host import ThreadsProcess
-from gunicorn_gilworker.strategies.processes import ForkedProcesses
+from gunicorn_gilworker.mode import Decision
+from gunicorn_gilworker.topologies.processes import ForkedProcesses
+from gunicorn_gilworker.topologies.processes_of_threads.process import ProcessOfThreads
 
 
 class ProcessesOfThreads(ForkedProcesses):
-    def enter(self) -> None:
+    name = "processes_of_threads"
+    thread_mode = True
+
+    def enter(self, decision: Decision) -> None:
+        super().enter(decision)
+        arbiter = self.arbiter
         # gunicorn forks `arbiter.worker_class`; setup() sets it back on every reload, and the
-        # strategy chosen after that reload enters again.
-        self.arbiter.worker_class = ThreadsProcess
-        raise_fd_limit(self.arbiter.log, "each worker process's threads")  # inherited by them
-        self.arbiter.start_code_reloader()
+        # topology chosen after that reload enters again.
+        arbiter.worker_class = ProcessOfThreads
+        raise_fd_limit(arbiter.log, "each worker process's threads")  # inherited by them
+        arbiter.reloader.start()
+
+    def event_loops_wanted(self) -> int:
+        return self.decision.workers * self.decision.threads
+
+    def event_loops(self) -> int:
+        workers = self.arbiter.WORKERS
+        return sum(workers[pid].loops for pid in list(self.pids) if pid in workers)
+
+    def describe(self, wid: int) -> dict[str, object]:
+        worker = self.arbiter.WORKERS.get(wid)
+        shown: dict[str, object] = {"mode": "process"}
+        if worker is not None:
+            shown.update(worker.table.describe())
+        return shown
+
+    def stats(self) -> dict[str, object]:
+        workers = self.arbiter.WORKERS
+        tables = [workers[pid].table.read() for pid in list(self.pids) if pid in workers]
+        stats = super().stats()
+        if tables:  # the worker processes run the app: their GIL is the one that matters
+            stats["gil_enabled"] = any(gil for _, _, gil in tables)
+        stats["thread_crashes"] = sum(crashes for _, crashes, _ in tables)
+        return stats

@@ -1,5 +1,4 @@
-"""A worker process of event-loop threads (`-w P --threads N`), gunicorn's gthread model with an
-event loop for each thread.
+"""A worker process of event-loop threads (`-w P --threads N`), the child's side.
 
 To the master it is an ordinary gunicorn worker process: a pid in WORKERS, gunicorn's signal
 handlers (TERM graceful, INT/QUIT quick with `worker_int`, ABRT with `worker_abort`, USR1), one
@@ -32,16 +31,17 @@ from uvicorn.server import ServerState
 from gunicorn_gilworker.budget import CrashBudget, Slots
 from gunicorn_gilworker.faults import write_tracebacks_on_crash
 from gunicorn_gilworker.gil_watch import GilWatch
-from gunicorn_gilworker.mode import gil_enabled
 from gunicorn_gilworker.supervision import HALT_REASONS, ThreadSupervisor
-from gunicorn_gilworker.thread_table import ThreadRow, ThreadTable
+from gunicorn_gilworker.topologies.processes_of_threads.table import ThreadRow, ThreadTable
+from gunicorn_gilworker.upstream import gil_enabled, server_state, set_heartbeat
 from gunicorn_gilworker.worker import GilWorker, refuse_wsgi
 
 TURN = 0.1  # seconds between two looks at the threads (uvicorn's own tick)
 
 
-class ThreadsProcess(Worker):
-    gil_mode = "process"
+class ProcessOfThreads(Worker):
+    runs_as = "process"  # to the master and to gunicorn's hooks, a worker process
+    gil_mode = runs_as  # the name hooks read it by (README: Thread mode)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)  # in the master, before the fork
@@ -58,7 +58,7 @@ class ThreadsProcess(Worker):
         return len(self.table.read()[0])
 
     def __str__(self) -> str:
-        return f"<ThreadsProcess {self.pid} of {self.threads} threads>"
+        return f"<ProcessOfThreads {self.pid} of {self.threads} threads>"
 
     # -- gunicorn's worker-process life, once per process ---------------------------------------
 
@@ -131,13 +131,19 @@ class ThreadsProcess(Worker):
             if slot is None:
                 return
             self.thread_age += 1
+            counted = self.max_requests < sys.maxsize
             worker = GilWorker(
-                self.thread_age, self.pid, self.sockets, self.app, self.timeout, self.cfg, self.log
+                self.thread_age,
+                self.pid,
+                self.sockets,
+                self.app,
+                self.timeout,
+                self.cfg,
+                self.log,
+                runs_as="thread",
+                host=self,  # the worker the request hooks get, as gthread passes its own
+                server_state=CountedState(self.budget) if counted else None,
             )
-            worker.host = self  # the worker the request hooks get, as gthread passes its own
-            worker.config.limit_max_requests = None  # counted by this process over its threads
-            if self.max_requests < sys.maxsize:  # uvicorn's Server.server_state, made in __init__
-                worker.server.server_state = CountedState(self.budget)
             handle = self.supervisor.start(worker)  # no per-thread hooks: this process ran them
             if handle is None:
                 return
@@ -145,7 +151,7 @@ class ThreadsProcess(Worker):
 
     def reap(self) -> None:
         for ended in self.supervisor.reap():
-            state = ended.handle.worker.server.server_state
+            state = server_state(ended.handle.worker.server)
             if isinstance(state, CountedState):
                 self.budget.leave(state)
             if ended.status in HALT_REASONS:  # a boot or app load error: the master halts
@@ -168,12 +174,12 @@ class ThreadsProcess(Worker):
                 h.id,
                 h.worker.age,
                 min(h.worker.tmp.last_update(), now),
-                h.worker.server.server_state.total_requests,
+                server_state(h.worker.server).total_requests,
             )
             for h in self.supervisor.live()
         ]
         oldest = min((row.last_heartbeat for row in rows), default=now)
-        os.utime(self.tmp.fileno(), (oldest, oldest))
+        set_heartbeat(self.tmp, oldest)
         self.table.write(rows, self.thread_crashes, gil_enabled())
 
     def wait_for_event(self, timeout: float) -> None:

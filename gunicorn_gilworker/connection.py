@@ -1,0 +1,330 @@
+"""One layer around uvicorn's HTTP protocol: what gunicorn promises per connection.
+
+uvicorn's protocol (httptools or h11) parses and answers; the layer adds, without parsing HTTP
+itself:
+- the PROXY header (`--proxy-protocol`), read before the first request with gunicorn's own parser
+  (as `-k asgi` reads it), its client address given to uvicorn's protocol;
+- the request-head limits: the bytes and lines that arrive before a head is complete are counted
+  (431 past the byte bound), and a head not complete within `--header-timeout` closes the
+  connection (slowloris); a head that could break a per-field limit goes through
+  `RequestLimits` (414/431) on its parsed scope, so the common request pays a few comparisons;
+- the accept gate (`accepting.py`): every connection counted for the worker's accepting;
+- the drain (`request/drain.py`): a request that begins on a stopping worker is its connection's
+  last;
+- write coalescing: a response's head and body leave in one send (see `HeldWrites`).
+
+`ConnectionLayer` holds one worker's collaborators; `layered(protocol_class)` is the one class
+built around a uvicorn protocol class, its per-connection state in slots on the object (slots
+leave the instance dict, which uvicorn's own attributes use, as uvicorn made it), and
+`ConnectionLayer.protocol_factory` what uvicorn's Config takes as its `http`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import ipaddress
+from collections.abc import Callable
+from typing import Any
+
+from gunicorn.asgi.parser import InvalidProxyHeader, InvalidProxyLine
+
+from gunicorn_gilworker.accepting import AcceptGate
+from gunicorn_gilworker.client_noise import ClientNoise
+from gunicorn_gilworker.interpreter import built_in_each_thread
+from gunicorn_gilworker.request.drain import Drain
+from gunicorn_gilworker.request.limits import TOO_LARGE, HeadLimits, RequestLimits
+from gunicorn_gilworker.upstream import (
+    ProxyHeaderReader,
+    http_cycle,
+    open_connections,
+    protocol_app,
+    protocol_client,
+    protocol_loop,
+    protocol_transport,
+    proxy_allow_networks,
+    response_complete,
+    set_protocol_app,
+    set_protocol_client,
+)
+
+BAD_PROXY_HEADER = (
+    b"HTTP/1.1 400 Bad Request\r\ncontent-type: text/plain; charset=utf-8\r\n"
+    b"content-length: 21\r\nconnection: close\r\n\r\nInvalid PROXY header"
+)
+
+
+class ProxyPolicy:
+    """`--proxy-protocol` and `--proxy-allow-from`, as `-k asgi` applies them: a peer outside the
+    allowed networks is served as if the setting were off (its PROXY line is not HTTP: 400); a
+    UNIX socket has no address to check and is allowed, as gunicorn documents."""
+
+    def __init__(self, cfg: Any) -> None:
+        self.mode = cfg.proxy_protocol
+        self.anyone = "*" in cfg.proxy_allow_ips
+        self.networks = [] if self.anyone else proxy_allow_networks(cfg)
+
+    def allowed(self, client: Any) -> bool:
+        if not client or self.anyone:
+            return True
+        try:
+            address = ipaddress.ip_address(client[0])
+        except ValueError:
+            return False
+        return any(address in network for network in self.networks)
+
+
+class PartialHead:
+    """What has arrived of a request head that is not complete yet."""
+
+    __slots__ = ("bytes", "lines", "timer")
+
+    def __init__(self) -> None:
+        self.bytes = 0
+        self.lines = 0
+        self.timer: asyncio.TimerHandle | None = None
+
+
+class HeldWrites:
+    """A connection's transport, holding a write until the next one or the loop's next turn.
+
+    uvicorn writes a response's head when the app sends `http.response.start` and its body on
+    `http.response.body`: two sends where one would do, and on loopback or a LAN a send costs
+    about what the Python that made the response does. A head and the body the app sends in the
+    same step leave together; nothing waits longer than one turn of the loop (a streamed
+    response still shows its head at once). Methods that would see or change the order of
+    writes send the held one first."""
+
+    __slots__ = ("held", "is_closing", "layer", "loop", "transport")
+
+    def __init__(
+        self, transport: asyncio.Transport, layer: ConnectionLayer, loop: asyncio.AbstractEventLoop
+    ) -> None:
+        self.transport = transport
+        self.layer = layer
+        self.loop = loop
+        self.held: Any = None
+        self.is_closing = transport.is_closing  # asked after every response: no detour
+
+    def write(self, data: Any) -> None:
+        held = self.held
+        if held is not None:
+            self.held = None
+            self.transport.write(b"".join((held, data)))
+        elif data:
+            self.held = data
+            self.layer.hold(self)
+
+    def flush(self) -> None:
+        held = self.held
+        if held is not None:
+            self.held = None
+            if not self.transport.is_closing():  # lost meanwhile: nothing to send to
+                self.transport.write(held)
+
+    def writelines(self, chunks: Any) -> None:
+        self.flush()
+        self.transport.writelines(chunks)
+
+    def close(self) -> None:
+        self.flush()
+        self.transport.close()
+
+    def abort(self) -> None:
+        self.held = None  # abort drops what is unsent
+        self.transport.abort()
+
+    def __getattr__(self, name: str) -> Any:
+        # The rarer methods (write_eof, set_protocol, get_extra_info, pause_reading, ...).
+        self.flush()
+        return getattr(self.transport, name)
+
+
+class ConnectionLayer:
+    """One worker's part in each of its connections (made in the worker's own thread)."""
+
+    def __init__(
+        self,
+        protocol_class: type,
+        *,
+        limits: HeadLimits,
+        header_timeout: float,
+        drain: Drain,
+        gate: AcceptGate,
+        noise: ClientNoise,
+        log: Any,
+        proxy: ProxyPolicy | None = None,
+    ) -> None:
+        self.connection_class = layered(protocol_class)
+        self.limits = limits
+        self.header_timeout = header_timeout
+        self.drain = drain
+        self.gate = gate
+        self.noise = noise
+        self.log = log
+        self.proxy = proxy
+        self.max_bytes = limits.max_bytes()
+        self.safe_bytes, self.safe_lines = limits.safe_bytes(), limits.safe_lines()
+        # A field takes at least 3 bytes ("x:\n"): fewer bytes than this cannot hold too many
+        # fields, so most heads are passed on without counting their lines.
+        self.few_fields_bytes = min(self.safe_bytes, 3 * (self.safe_lines - 1))
+        self.held: list[HeldWrites] = []  # this worker's transports holding a write
+
+    @property
+    def protocol_factory(self) -> Callable[..., asyncio.Protocol]:
+        """uvicorn's Config `http`: called as uvicorn calls its protocol class."""
+        return functools.partial(self.connection_class, self)
+
+    def hold(self, transport: HeldWrites) -> None:
+        if not self.held:
+            transport.loop.call_soon(self.flush_held)
+        self.held.append(transport)
+
+    def flush_held(self) -> None:
+        """Once per turn of the loop, for every connection that still holds a write."""
+        flushing = self.held.copy()
+        self.held.clear()
+        for transport in flushing:
+            transport.flush()
+
+
+@built_in_each_thread
+def layered(protocol_class: type) -> type:
+    """`protocol_class` (uvicorn's) inside gilworker's connection layer."""
+    # uvicorn's methods, bound once: the layer calls them on every read and connection
+    base: Any = protocol_class
+    made, lost, feed = base.connection_made, base.connection_lost, base.data_received
+
+    class Connection(protocol_class):  # type: ignore[misc, valid-type]
+        __slots__ = ("head", "layer", "proxy_header")
+
+        def __init__(self, layer: ConnectionLayer, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self.layer = layer
+            self.head: PartialHead | None = None  # a head spread over several reads
+            self.proxy_header: ProxyHeaderReader | None = None
+
+        def connection_made(self, transport: Any) -> None:
+            layer = self.layer
+            made(self, HeldWrites(transport, layer, protocol_loop(self)))
+            if layer.proxy is not None and layer.proxy.allowed(protocol_client(self)):
+                self.proxy_header = ProxyHeaderReader(layer.proxy.mode)
+            layer.gate.connection_made(open_connections(self))
+            if layer.header_timeout:  # the first head gets a deadline too
+                self._wait_for_rest(PartialHead())
+
+        def data_received(self, data: bytes) -> None:
+            if self.proxy_header is not None:
+                self._read_proxy_header(data)
+                return
+            layer = self.layer
+            cycle = http_cycle(self)
+            if not response_complete(cycle):
+                # A body, or a pipelined head that uvicorn queues: not counted, always checked.
+                self._feed_checked(data)
+            elif self.head is not None:
+                self._feed_head(data, cycle)  # the rest of a head
+            elif len(data) > layer.few_fields_bytes and (
+                len(data) > layer.safe_bytes or data.count(b"\n") > layer.safe_lines
+            ):
+                self._feed_head(data, cycle)  # a large head: counted, bounded, checked
+            else:
+                feed(self, data)  # a whole head that breaks no limit, in the common case
+                if http_cycle(self) is cycle:  # only part of one
+                    self._head_incomplete(data, PartialHead())
+            if layer.drain.active:
+                now = http_cycle(self)
+                if now is not cycle and now is not None:
+                    layer.drain.last_request(now)  # a request on a stopping worker's connection
+
+        def _feed_head(self, data: bytes, cycle: Any) -> None:
+            layer = self.layer
+            head = self.head or PartialHead()
+            head.bytes += len(data)
+            head.lines += data.count(b"\n")
+            if layer.max_bytes is not None and head.bytes > layer.max_bytes:
+                self._head_done()
+                transport = protocol_transport(self)
+                transport.write(TOO_LARGE)
+                transport.close()
+                return
+            if head.bytes > layer.safe_bytes or head.lines > layer.safe_lines:
+                self._feed_checked(data)
+            else:
+                feed(self, data)
+            if http_cycle(self) is not cycle:
+                self._head_done()  # uvicorn parsed a complete head
+            else:
+                self._head_incomplete(b"", head)
+
+        def _head_incomplete(self, data: bytes, head: PartialHead) -> None:
+            transport = protocol_transport(self)
+            if transport.get_protocol() is not self or transport.is_closing():
+                self._head_done()  # upgraded to WebSocket, or refused by uvicorn
+                return
+            head.bytes += len(data)
+            head.lines += data.count(b"\n")
+            self._wait_for_rest(head)
+
+        def _feed_checked(self, data: bytes) -> None:
+            # Any request whose head completes in this read goes through RequestLimits:
+            # uvicorn takes the protocol's app when a head is complete. (Rare: built when needed.)
+            app = protocol_app(self)
+            set_protocol_app(self, RequestLimits(app, self.layer.limits))
+            try:
+                feed(self, data)
+            finally:
+                set_protocol_app(self, app)
+
+        def _wait_for_rest(self, head: PartialHead) -> None:
+            self.head = head
+            timeout = self.layer.header_timeout
+            if timeout and head.timer is None:
+                head.timer = protocol_loop(self).call_later(timeout, self._head_too_slow)
+
+        def _head_done(self) -> None:
+            head, self.head = self.head, None
+            if head is not None and head.timer is not None:
+                head.timer.cancel()
+
+        def _head_too_slow(self) -> None:
+            self.head = None
+            transport = protocol_transport(self)
+            if transport is not None and not transport.is_closing():
+                layer = self.layer
+                layer.log.debug(
+                    "Closing a connection whose request head took over %ss", layer.header_timeout
+                )
+                layer.noise.count("slow_head")
+                transport.close()
+
+        def _read_proxy_header(self, data: bytes) -> None:
+            reader = self.proxy_header
+            assert reader is not None
+            try:
+                complete = reader.feed(data)
+            except (InvalidProxyLine, InvalidProxyHeader) as exc:
+                self.proxy_header = None
+                self.layer.log.debug("Invalid PROXY header from %s: %s", protocol_client(self), exc)
+                transport = protocol_transport(self)
+                transport.write(BAD_PROXY_HEADER)
+                transport.close()
+                return
+            if not complete:
+                return  # gunicorn's parser bounds the header's size
+            self.proxy_header = None
+            info = reader.info
+            if info and info.get("client_addr"):
+                set_protocol_client(self, (info["client_addr"], info["client_port"]))
+            rest = reader.rest()
+            if rest:
+                self.data_received(rest)
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._head_done()
+            self.proxy_header = None
+            lost(self, exc)
+            self.layer.gate.connection_lost(open_connections(self))
+
+    Connection.__name__ = Connection.__qualname__ = f"Layered{protocol_class.__name__}"
+    return Connection

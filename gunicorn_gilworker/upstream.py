@@ -1,0 +1,250 @@
+"""Every private name of gunicorn, uvicorn, asyncio and CPython that gilworker touches.
+
+Each entry says which versions it was read from and why no public seam does. gilworker's other
+modules reach these names only through here, and tests/test_upstream.py checks each against the
+installed versions (CI's lowest and newest legs run it): when an upstream release moves one, the
+failing test names the entry, and the entry names the feature.
+
+Read from gunicorn 27.0.0 and 27.0.1, uvicorn 0.53.0 to 0.55.0, CPython 3.10 to 3.13.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import os
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from gunicorn.reloader import reloader_engines
+
+# -- gunicorn's Arbiter ---------------------------------------------------------------------
+
+
+def arbiter_stats(arbiter: Any) -> dict[str, Any]:
+    """`Arbiter._stats` (gunicorn 25.1+): the counters `gunicornc show stats` reports. gilworker
+    adds its own there (worker crashes, abandoned threads) and counts what gunicorn counts for a
+    process (workers spawned and killed) for its threads too."""
+    return arbiter._stats  # type: ignore[no-any-return]
+
+
+def start_control_server(arbiter: Any, start: Callable[[], None], handlers: Any) -> None:
+    """`Arbiter._start_control_server()` (gunicorn 25.1+) starts gunicornc's server as
+    `_control_server`, whose `handlers` answer its commands: `start` runs gunicorn's own, then
+    gilworker's handlers (threads told apart, processes of threads shown with their threads)
+    take their place. gunicorn has no setting for a handler class."""
+    start()
+    server = arbiter._control_server
+    if server is not None:
+        server.handlers = handlers
+
+
+def make_worker(arbiter: Any, **extra: Any) -> Any:
+    """A worker object made as `Arbiter.spawn_worker()` makes one before it forks (gunicorn
+    27.0.1, its first three statements), for a worker that runs as a thread of the master:
+    gunicorn has no seam between making a worker and forking it. `extra` goes to the worker
+    class (gilworker's own keyword arguments)."""
+    arbiter.worker_age += 1
+    worker = arbiter.worker_class(
+        arbiter.worker_age,
+        arbiter.pid,
+        arbiter.LISTENERS,
+        arbiter.app,
+        arbiter.timeout / 2.0,
+        arbiter.cfg,
+        arbiter.log,
+        **extra,
+    )
+    arbiter.cfg.pre_fork(arbiter, worker)
+    return worker
+
+
+def worker_reaped(arbiter: Any, worker: Any) -> None:
+    """What `Arbiter.reap_workers()` does last for a reaped worker process (gunicorn 27.0.1), done
+    for a worker thread, which no waitpid reaps."""
+    worker.tmp.close()
+    arbiter.cfg.child_exit(arbiter, worker)
+
+
+def code_reloader(cfg: Any, changed: Callable[[str], None]) -> Any:
+    """gunicorn's `--reload` watcher, made as `Worker.init_process()` makes it (gunicorn 27.0.1),
+    for the master: where workers share the master's import, the master reloads."""
+    engine = reloader_engines[cfg.reload_engine]
+    return engine(extra_files=cfg.reload_extra_files, callback=changed)
+
+
+def set_heartbeat(tmp: Any, at: float) -> None:
+    """Set a `WorkerTmp` heartbeat to `at`, as `WorkerTmp.notify()` sets it to now (gunicorn
+    27.0.1: the file's times, on the monotonic clock). A process of threads reports its oldest
+    thread's heartbeat, not now."""
+    os.utime(tmp.fileno(), (at, at))
+
+
+def proxy_allow_networks(cfg: Any) -> list[Any]:
+    """`Config.proxy_allow_networks()` (gunicorn 27, "internal use"): --proxy-allow-from parsed
+    into networks, as gunicorn's own PROXY check uses them."""
+    return cfg.proxy_allow_networks()  # type: ignore[no-any-return]
+
+
+class ProxyHeaderReader:
+    """gunicorn's PROXY-header step alone (`gunicorn.asgi.parser.PythonProtocol`: its `_buffer`
+    and `_parse_proxy_protocol()`, gunicorn 27.0.0-27.0.1), so that the HTTP bytes after the
+    header stay for uvicorn's parser: the class has no public way to run only that step."""
+
+    def __init__(self, mode: str) -> None:
+        from gunicorn.asgi.parser import PythonProtocol
+
+        self.parser = PythonProtocol(proxy_protocol=mode)
+
+    def feed(self, data: bytes) -> bool:
+        """True once the header is complete (raises gunicorn's InvalidProxyLine/-Header)."""
+        self.parser._buffer.extend(data)
+        return bool(self.parser._parse_proxy_protocol())
+
+    @property
+    def info(self) -> dict[str, Any] | None:
+        return self.parser.proxy_protocol_info  # type: ignore[no-any-return]
+
+    def rest(self) -> bytes:
+        return bytes(self.parser._buffer)
+
+
+# -- uvicorn's Server and protocols ---------------------------------------------------------
+
+
+def listening_servers(server: Any) -> list[asyncio.AbstractServer]:
+    """`Server.servers` (uvicorn 0.53-0.55): the asyncio servers `startup()` made on the given
+    sockets; closing them stops accepting. Empty before startup."""
+    return getattr(server, "servers", [])  # type: ignore[no-any-return]
+
+
+def protocol_factory(server: Any) -> Callable[..., asyncio.Protocol]:
+    """What uvicorn's `Server.startup()` passes to `create_server` (its local `create_protocol`,
+    uvicorn 0.53-0.55: the protocol class with the server's state and the lifespan's state), made
+    again to listen anew after a pause: uvicorn keeps it in no attribute."""
+    config = server.config
+
+    def create_protocol(_loop: asyncio.AbstractEventLoop | None = None) -> asyncio.Protocol:
+        return config.http_protocol_class(  # type: ignore[no-any-return]
+            config=config,
+            server_state=server.server_state,
+            app_state=server.lifespan.state,
+            _loop=_loop,
+        )
+
+    return create_protocol
+
+
+def server_state(server: Any) -> Any:
+    """`Server.server_state` (uvicorn 0.53-0.55): its connections, tasks and request count."""
+    return server.server_state
+
+
+def set_server_state(server: Any, state: Any) -> None:
+    """Give a uvicorn Server, just made, the state its protocols will share: one that counts
+    its requests for a worker process of threads."""
+    server.server_state = state
+
+
+def connections(server_state: Any) -> set[Any]:
+    """`ServerState.connections` (uvicorn 0.53-0.55): the protocols of the open connections."""
+    return server_state.connections  # type: ignore[no-any-return]
+
+
+def http_cycle(protocol: Any) -> Any:
+    """A uvicorn HTTP protocol's `cycle` (uvicorn 0.53-0.55): the request in progress, or None."""
+    return protocol.cycle
+
+
+def current_cycle(protocol: Any) -> Any:
+    """`http_cycle` of any protocol: a WebSocket protocol has none (`NO_CYCLE`)."""
+    return getattr(protocol, "cycle", NO_CYCLE)
+
+
+NO_CYCLE = object()
+
+
+def response_complete(cycle: Any) -> bool:
+    """`RequestResponseCycle.response_complete` (uvicorn 0.53-0.55)."""
+    return cycle is None or bool(cycle.response_complete)
+
+
+def response_started(cycle: Any) -> bool:
+    """`RequestResponseCycle.response_started` (uvicorn 0.53-0.55)."""
+    return bool(cycle.response_started)
+
+
+def last_response(cycle: Any, wrap_send: Callable[[Any], Any]) -> None:
+    """Make this request's response its connection's last: `cycle.keep_alive = False` (uvicorn
+    0.53-0.55 then closes after it), and, before its head is out, `cycle.send` wrapped (uvicorn
+    reads it from the cycle when it calls the app)."""
+    cycle.keep_alive = False
+    if not cycle.response_started:
+        cycle.send = wrap_send(cycle.send)
+
+
+def protocol_transport(protocol: Any) -> Any:
+    """A uvicorn protocol's `transport` (uvicorn 0.53-0.55), set by its connection_made."""
+    return protocol.transport
+
+
+def protocol_loop(protocol: Any) -> asyncio.AbstractEventLoop:
+    """A uvicorn protocol's `loop` (uvicorn 0.53-0.55), set by its __init__."""
+    return protocol.loop  # type: ignore[no-any-return]
+
+
+def open_connections(protocol: Any) -> int:
+    """How many connections its server has open: a uvicorn protocol's `connections`, its
+    server state's set (uvicorn 0.53-0.55), which its connection_made adds it to."""
+    return len(protocol.connections)
+
+
+def protocol_app(protocol: Any) -> Any:
+    """A uvicorn HTTP protocol's `app` (uvicorn 0.53-0.55): the ASGI app it hands the next
+    complete request head to; setting it changes that app (`set_protocol_app`)."""
+    return protocol.app
+
+
+def set_protocol_app(protocol: Any, app: Any) -> None:
+    protocol.app = app
+
+
+def protocol_client(protocol: Any) -> Any:
+    """A uvicorn protocol's `client` (uvicorn 0.53-0.55): the peer address it puts in each
+    request's scope; a PROXY header replaces it (`set_protocol_client`)."""
+    return protocol.client
+
+
+def set_protocol_client(protocol: Any, client: tuple[str, int]) -> None:
+    protocol.client = client
+
+
+# -- asyncio --------------------------------------------------------------------------------
+
+
+def handle_callback_name(handle: Any) -> str:
+    """The name of the function a `Handle` runs (its private `_callback`, CPython 3.10-3.13):
+    asyncio's exception context names the handle, not what it ran."""
+    return getattr(getattr(handle, "_callback", None), "__name__", "")
+
+
+# -- CPython --------------------------------------------------------------------------------
+
+
+def raise_in_thread(ident: int, exc_type: type[BaseException]) -> bool:
+    """`PyThreadState_SetAsyncExc` (CPython's C API, documented but with no Python binding):
+    raise `exc_type` in the thread the next time it runs Python code. True if it was set."""
+    set_async_exc = ctypes.pythonapi.PyThreadState_SetAsyncExc
+    return bool(set_async_exc(ctypes.c_ulong(ident), ctypes.py_object(exc_type)) == 1)
+
+
+def gil_enabled() -> bool:
+    """`sys._is_gil_enabled()` (CPython 3.13+): whether the GIL is on now; True before 3.13."""
+    is_enabled = getattr(sys, "_is_gil_enabled", None)
+    return True if is_enabled is None else bool(is_enabled())
+
+
+def gil_xoption() -> object:
+    """`sys._xoptions.get("gil")`: the `-X gil=` the interpreter was started with."""
+    return sys._xoptions.get("gil")
