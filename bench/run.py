@@ -156,7 +156,8 @@ class Setup:
         raise ValueError(self.kind)
 
 
-SERVING = "Application startup complete"  # uvicorn logs it (INFO) once per worker that serves
+# What each worker logs once it serves (INFO): gilworker's line, or uvicorn's (uvicorn-worker)
+SERVING = re.compile(r"Worker (?:thread|process) \d+ serving|Application startup complete")
 
 
 @dataclass
@@ -188,7 +189,7 @@ class Server:
                     pass
             if all_serving and not self.all_serving_seconds:
                 self.log.seek(0)
-                if self.log.read().count(SERVING) >= self.setup.workers:
+                if len(SERVING.findall(self.log.read())) >= self.setup.workers:
                     self.all_serving_seconds = time.perf_counter() - t0
             if self.first_200_seconds and (self.all_serving_seconds or not all_serving):
                 return self
