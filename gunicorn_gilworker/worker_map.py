@@ -3,9 +3,9 @@
 gunicorn's control server answers `gunicornc` in a thread of the master and walks
 `arbiter.WORKERS` (`show workers`, `show all`) while the main thread adds and removes workers,
 so a command can fail with "dictionary changed size during iteration" (gunicorn 27.0.1,
-`gunicorn/ctl/handlers.py`; most often on a free-threaded build, where both threads run at once). Here every walk goes over a copy made in
-one step: copying a dict runs in C with no switch point under the GIL, and inside the dict's
-critical section on a free-threaded build.
+`gunicorn/ctl/handlers.py`; most often on a free-threaded build, where both threads run at
+once). Here every walk goes over a copy made in one step: copying a dict runs in C with no
+switch point under the GIL, and inside the dict's critical section on a free-threaded build.
 """
 
 from __future__ import annotations

@@ -22,10 +22,19 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+# The one import of this constant in the tests: a worker thread's id (what gunicorn, its hooks
+# and gunicornc see as its pid) is THREAD_ID_BASE + the worker's age, above any real pid.
+from gunicorn_gilworker.supervision import THREAD_ID_BASE
+
 APPS = Path(__file__).parent / "apps"
 BIN = Path(sys.executable).parent
 GUNICORN = str(BIN / "gunicorn")
 FREE_THREADED = bool(__import__("sysconfig").get_config_var("Py_GIL_DISABLED"))
+# What each worker (each event-loop thread) logs once its lifespan startup has run: a master
+# is ready when its log has one per loop.
+READY_LINE = r"Worker (?:thread|process) \d+ serving"  # one per event loop
+# The conf file that records every hook gunicorn calls (server and request hooks) to $HOOK_LOG.
+HOOKS = ["-c", str(APPS / "hooks_conf.py")]
 
 
 @dataclass(frozen=True)
@@ -106,6 +115,7 @@ def request(
     unix: str | None = None,
     timeout: float = 10.0,
     conn: http.client.HTTPConnection | None = None,
+    headers: dict[str, str] | None = None,
 ) -> Response:
     """One GET over a new connection (or over `conn`, kept alive)."""
     own = conn is None
@@ -116,12 +126,50 @@ def request(
             else http.client.HTTPConnection(host, port, timeout=timeout)
         )
     try:
-        conn.request("GET", path)
+        conn.request("GET", path, headers=headers or {})
         resp = conn.getresponse()
         return Response(resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read())
     finally:
         if own:
             conn.close()
+
+
+def serves(port: int, timeout: float = 2.0) -> bool:
+    """Whether GET / on a new connection is answered 200 (for wait_for)."""
+    try:
+        return request(port, timeout=timeout).status == 200
+    except (OSError, http.client.HTTPException):
+        return False
+
+
+def exchange(port: int, data: bytes, timeout: float = 10.0, close_early: bool = False) -> bytes:
+    """Raw bytes sent on a new connection; what comes back until the server closes it (or
+    `timeout` passes with nothing), or nothing at all with `close_early`."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        s.sendall(data)
+        if close_early:
+            return b""
+        return read_until_closed(s)
+
+
+def read_until_closed(s: socket.socket) -> bytes:
+    """What is left to read on `s`: up to the server's close, its reset, or the socket's
+    timeout. Data that came before a reset is still read (Linux keeps it queued)."""
+    chunks = []
+    with contextlib.suppress(TimeoutError, ConnectionResetError):
+        while chunk := s.recv(65536):
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def closed_by_peer(s: socket.socket) -> bool:
+    """Whether the server has closed (or reset) the non-blocking socket `s`."""
+    try:
+        return s.recv(1) == b""
+    except BlockingIOError:
+        return False
+    except OSError:
+        return True
 
 
 def background_request(port: int, path: str, timeout: float) -> tuple[threading.Thread, list]:
@@ -152,6 +200,61 @@ def refusal(launcher: Launcher, *args: str, env: dict[str, str] | None = None) -
     )
     assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
     return [line for line in done.stderr.splitlines() if line.startswith("Error:")]
+
+
+def ctl(launcher: Launcher, command: str) -> str:
+    """A gunicornc command to the launcher's first master. Where workers are processes gunicorn
+    takes its control socket down around each fork (os.register_at_fork, benoitc/gunicorn#3520),
+    so a connection can be refused, reset or cut while a worker is spawned, or accepted and then
+    dropped unanswered: the loop that took it is stopped for the fork, and the new worker
+    inherits the connection, so the client waits for its own timeout (seen once in CI, right
+    after `worker kill`). Such an attempt is made again."""
+    sock = launcher.tmp_path / "ctl-0.sock"
+
+    def attempt() -> str | None:
+        if not sock.exists():
+            return None
+        try:
+            done = subprocess.run(
+                [str(BIN / "gunicornc"), "-s", str(sock), "-j", "-c", command],
+                capture_output=True,
+                text=True,
+                timeout=5,
+            )
+        except subprocess.TimeoutExpired:
+            return None
+        if done.returncode != 0 and any(cut in done.stderr for cut in DROPPED_AROUND_FORK):
+            return None
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    return wait_for(attempt, 20, f"gunicornc {command!r}")
+
+
+# How gunicornc reports a connection the control server dropped while stopped for a fork: refused,
+# reset, or (the command already sent, seen once in CI during a crash loop) a broken pipe.
+DROPPED_AROUND_FORK = ("Failed to connect", "Connection reset", "Broken pipe")
+
+
+def workers(launcher: Launcher) -> list[dict]:
+    """The workers gunicornc shows (`show workers`)."""
+    return json.loads(ctl(launcher, "show workers"))["workers"]
+
+
+def worker_ids(launcher: Launcher) -> list[int]:
+    """The ids of the workers: pids of worker processes, or ids of the master's threads."""
+    return [w["pid"] for w in workers(launcher)]
+
+
+def stats(launcher: Launcher) -> dict:
+    """gunicornc's `show stats`."""
+    return json.loads(ctl(launcher, "show stats"))
+
+
+def is_worker_thread_name(name: str) -> bool:
+    """A gilworker event-loop thread's name: gilworker-<THREAD_ID_BASE + its age>."""
+    prefix, _, number = name.partition("-")
+    return prefix == "gilworker" and number.isdigit() and int(number) > THREAD_ID_BASE
 
 
 def make_certificate(directory: Path) -> tuple[Path, Path]:
@@ -253,6 +356,45 @@ def children_of(pid: int) -> list[int]:
     return found
 
 
+def session_processes(sid: int) -> list[int]:
+    """The live processes of session `sid` (a master started here leads its own session, so
+    every process it or its workers started is in it, wherever it was reparented to). Zombies
+    are left out: they hold nothing but their pid, and whoever reaps orphans may take its time."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(FileNotFoundError, ProcessLookupError):
+            # pid (comm) state ppid pgrp session ...: comm may hold spaces, so split after ")"
+            state, _ppid, _pgrp, session = stat.read_text().rsplit(")", 1)[1].split()[:4]
+            if int(session) == sid and state not in "ZX":
+                found.append(int(stat.parent.name))
+    return found
+
+
+def tcp_sockets(port: int) -> dict[tuple[str, int], tuple[str, int]]:
+    """The IPv4 TCP sockets whose local end is 127.0.0.1:`port`, from /proc/net/tcp, as
+    {(remote address, inode): (state, receive queue)}. State 0A is LISTEN, 01 ESTABLISHED; the
+    receive queue of a LISTEN socket is its accept queue. The kernel hands the table out in pieces
+    while other tests change it, so a row can be read twice: keyed, it counts once."""
+    wanted = f"0100007F:{port:04X}"
+    found = {}
+    with open("/proc/net/tcp") as table:
+        for line in table.readlines()[1:]:
+            row = line.split()
+            if row[1] == wanted:
+                found[(row[2], int(row[9]))] = (row[3], int(row[4].split(":")[1], 16))
+    return found
+
+
+def accept_queue(port: int) -> int:
+    """Connections to 127.0.0.1:`port` that wait in its listening sockets' accept queues: the
+    kernel has made them, no process has accepted them yet."""
+    for _ in range(20):  # a row the table skipped while it changed is there on the next read
+        queues = [queue for state, queue in tcp_sockets(port).values() if state == "0A"]
+        if queues:
+            return sum(queues)
+    raise AssertionError(f"no socket listens on 127.0.0.1:{port}")
+
+
 def os_threads(pid: int) -> list[str]:
     """The names of the OS threads of process `pid`."""
     return [(task / "comm").read_text().strip() for task in Path(f"/proc/{pid}/task").iterdir()]
@@ -284,7 +426,7 @@ class Launcher:
         command: list[str] | None = None,
         env: dict[str, str] | None = None,
         cwd: Path | None = None,
-        ready: str | None = r"Application startup complete",
+        ready: str | None = READY_LINE,
         **popen: object,
     ) -> Master:
         """`gunicorn -k gilworker` on a free port (`self.port`), with its own control socket."""
@@ -316,7 +458,7 @@ class Launcher:
         *,
         env: dict[str, str] | None = None,
         cwd: Path | None = None,
-        ready: str | None = r"Application startup complete",
+        ready: str | None = READY_LINE,
         workers: int = 2,
         loops_per_worker: int = 1,
         **popen: object,
@@ -334,11 +476,13 @@ class Launcher:
             master.wait_log(ready, count=max(workers, 1) * loops_per_worker)
         return master
 
-    def hooks(self) -> list[dict]:
+    def hooks(self, hook: str | None = None) -> list[dict]:
+        """What tests/apps/hooks_conf.py recorded: every hook call, or those of `hook`."""
         path = self.tmp_path / "hooks.jsonl"
         if not path.exists():
             return []
-        return [json.loads(line) for line in path.read_text().splitlines() if line]
+        entries = [json.loads(line) for line in path.read_text().splitlines() if line]
+        return [e for e in entries if hook is None or e["hook"] == hook]
 
     def hook_counts(self) -> dict[str, int]:
         counts: dict[str, int] = {}
@@ -349,6 +493,122 @@ class Launcher:
     def stop_all(self) -> None:
         for master in self.masters:
             master.stop()
+
+
+class Load:
+    """Clients that send GET `path` request after request, from a few threads, counting what
+    fails and keeping each answer's body. Each client keeps one connection open (a new one only
+    after a Connection: close or an error), or with `keep_alive=False` opens a new connection
+    for every request. Bounded: `stop()` ends it; `seconds` and `limit` (requests in all) only
+    bound a test that never calls it, so `seconds` outlasts every wait of the tests (on a loaded
+    machine a test's steps took over 60 s, and a load that had ended by itself then answered
+    nothing)."""
+
+    def __init__(
+        self,
+        port: int,
+        path: str = "/stream?n=1&delay=0",
+        *,
+        clients: int = 12,
+        keep_alive: bool = True,
+        seconds: float = 600,
+        limit: int = 200_000,
+    ) -> None:
+        self.port, self.path, self.keep_alive, self.limit = port, path, keep_alive, limit
+        self.deadline = time.monotonic() + seconds
+        self.sent = self.answered = self.closed_by_server = self.non_2xx = 0
+        self.errors: list[str] = []
+        self.bodies: list[bytes] = []
+        self.running = True
+        self.lock = threading.Lock()
+        self.threads = [threading.Thread(target=self._client, daemon=True) for _ in range(clients)]
+        for thread in self.threads:
+            thread.start()
+
+    def _client(self) -> None:
+        conn: http.client.HTTPConnection | None = None
+        while self.running and self.sent < self.limit and time.monotonic() < self.deadline:
+            conn = conn or http.client.HTTPConnection("127.0.0.1", self.port, timeout=20)
+            try:
+                conn.request("GET", self.path)
+                response = conn.getresponse()
+                body = response.read()
+            except (OSError, http.client.HTTPException) as exc:
+                with self.lock:
+                    self.sent += 1
+                    self.errors.append(f"{type(exc).__name__}: {exc}")
+                conn.close()
+                conn = None
+                continue
+            with self.lock:
+                self.sent += 1
+                self.answered += 1
+                self.non_2xx += response.status >= 300
+                self.closed_by_server += response.will_close
+                self.bodies.append(body)
+            if response.will_close or not self.keep_alive:
+                conn.close()
+                conn = None
+        if conn is not None:
+            conn.close()
+
+    def stop(self) -> None:
+        self.running = False
+        for thread in self.threads:
+            thread.join(30)
+
+    def report(self) -> str:
+        return (
+            f"{self.sent} requests, {self.answered} answered ({self.closed_by_server} with "
+            f"Connection: close), {len(self.errors)} errors {self.errors[:3]}, "
+            f"{self.non_2xx} non-2xx"
+        )
+
+
+class Statsd:
+    """A statsd server for one test: a UDP socket on 127.0.0.1 that keeps every line received."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.settimeout(0.1)
+        self.host = f"127.0.0.1:{self.sock.getsockname()[1]}"  # for --statsd-host
+        self.received: list[str] = []
+
+    def __enter__(self) -> Statsd:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.sock.close()
+
+    def receive(self) -> bool:
+        """Read one datagram, if one comes within 0.1 s."""
+        try:
+            self.received += self.sock.recv(65536).decode().splitlines()
+            return True
+        except TimeoutError:
+            return False
+
+    def wait(self, done: Callable[[list[str]], object], timeout: float, what: str) -> list[str]:
+        """Receive until `done(lines)` holds, then what is still on its way (until 0.1 s pass
+        with nothing): a metric sent twice shows up twice."""
+
+        def received() -> bool:
+            self.receive()
+            return bool(done(self.received))
+
+        wait_for(received, timeout, what)
+        for _ in range(1000):  # bounded: the datagrams already sent
+            if not self.receive():
+                break
+        return self.received
+
+    def total(self, counter: str) -> int:
+        """The sum of `counter`'s counts received."""
+        prefix = counter + ":"
+        return sum(
+            int(m[len(prefix) :].split("|")[0]) for m in self.received if m.startswith(prefix)
+        )
 
 
 def in_process_arbiter(tmp_path: Path, **options: object):

@@ -7,6 +7,7 @@ its `write` can be counted. (The served end to end case is in test_serving.py.)
 from __future__ import annotations
 
 import asyncio
+import logging
 from asyncio.selector_events import _SelectorSocketTransport
 from typing import Any
 
@@ -16,7 +17,11 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.server import ServerState
 
-from gunicorn_gilworker.request.coalesce import coalesce_writes
+from gunicorn_gilworker.accepting import AcceptGate
+from gunicorn_gilworker.client_noise import ClientNoise
+from gunicorn_gilworker.connection import ConnectionLayer, HeldWrites
+from gunicorn_gilworker.request.drain import Drain
+from gunicorn_gilworker.request.limits import HeadLimits
 
 REQUEST = b"GET / HTTP/1.1\r\nHost: test\r\n\r\n"
 PROTOCOLS = pytest.mark.parametrize("protocol", [HttpToolsProtocol, H11Protocol])
@@ -30,8 +35,28 @@ async def hello(scope: dict, receive: Any, send: Any) -> None:
     await send({"type": "http.response.body", "body": b"hello"})
 
 
+class NeverPaused:
+    def stop_accepting(self) -> None: ...
+    def accept_again(self) -> None: ...
+
+
+def connection_layer(protocol: type) -> ConnectionLayer:
+    """gilworker's connection layer around `protocol`, with no limits and no deadline."""
+    log = logging.getLogger("test_coalesce")
+    return ConnectionLayer(
+        protocol,
+        limits=HeadLimits(0, 0, 0),
+        header_timeout=0,
+        drain=Drain(grace=1.0),
+        gate=AcceptGate(NeverPaused(), 1000, log),
+        noise=ClientNoise(log),
+        log=log,
+    )
+
+
 async def serve(protocol: type, app: Any) -> tuple[asyncio.Server, int]:
-    config = Config(app, http=coalesce_writes(protocol), lifespan="off", log_config=None)
+    http = connection_layer(protocol).protocol_factory
+    config = Config(app, http=http, lifespan="off", log_config=None)
     config.load()
     state = ServerState()
     server = await asyncio.get_running_loop().create_server(
@@ -97,10 +122,13 @@ def test_a_head_whose_body_waits_goes_out_on_the_loops_next_turn(protocol):
 
 def test_held_write_goes_out_before_close_and_is_dropped_by_abort(mocker):
     async def main() -> None:
-        held_class = coalesce_writes(HttpToolsProtocol).held_writes
+        layer = connection_layer(HttpToolsProtocol)
         transport = mocker.Mock()
         transport.is_closing.return_value = False
         loop = asyncio.get_running_loop()
+
+        def held_class(transport: Any, loop: asyncio.AbstractEventLoop) -> HeldWrites:
+            return HeldWrites(transport, layer, loop)
 
         closing = held_class(transport, loop)
         closing.write(b"head")

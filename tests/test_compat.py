@@ -1,5 +1,6 @@
-"""Every gunicorn setting is classified (compat.py), the README shows that table, and the
-settings the table calls honoured or refused behave so on a real master."""
+"""Every gunicorn setting is classified (compat.py), docs/settings.md shows that table (the README
+sums it up and links to it), and the settings the table calls honoured or refused behave so on a
+real master."""
 
 from __future__ import annotations
 
@@ -13,7 +14,9 @@ from server import THREADS, make_certificate, refusal, request, wait_for
 
 from gunicorn_gilworker.compat import SETTINGS, markdown_table
 
-README = Path(__file__).parent.parent / "README.md"
+ROOT = Path(__file__).parent.parent
+README = ROOT / "README.md"
+SETTINGS_PAGE = ROOT / "docs" / "settings.md"
 
 
 def test_every_setting_of_the_installed_gunicorn_is_classified():
@@ -24,16 +27,19 @@ def test_every_setting_of_the_installed_gunicorn_is_classified():
     assert sorted(set(SETTINGS) - installed) == [], "no longer gunicorn settings"
 
 
-def test_the_readme_shows_the_table():
-    assert markdown_table() in README.read_text(), (
-        "README's table differs: paste `python -m gunicorn_gilworker.compat` into it"
+def test_the_settings_page_shows_the_table_and_both_pages_give_its_counts():
+    assert markdown_table() in SETTINGS_PAGE.read_text(), (
+        "docs/settings.md's table differs: paste `python -m gunicorn_gilworker.compat` into it"
     )
     counts = {kind: sum(k == kind for k, _ in SETTINGS.values()) for kind in ("honoured", "mapped")}
-    summary = re.search(
-        r"(\d+) honoured .*?(\d+) mapped .*?(\d+) not applicable", README.read_text(), re.S
-    )
-    assert summary and (int(summary[1]), int(summary[2])) == (counts["honoured"], counts["mapped"])
-    assert int(summary[3]) == len(SETTINGS) - sum(counts.values())
+    for page in (README, SETTINGS_PAGE):
+        summary = re.search(
+            r"(\d+) honoured .*?(\d+) mapped .*?(\d+) not applicable", page.read_text(), re.S
+        )
+        assert summary, f"{page.name} gives no counts"
+        assert (int(summary[1]), int(summary[2])) == (counts["honoured"], counts["mapped"]), page
+        assert int(summary[3]) == len(SETTINGS) - sum(counts.values()), page
+    assert "(docs/settings.md)" in README.read_text(), "the README links to the table"
 
 
 def test_uwsgi_protocol_is_refused_in_one_line(gunicorn):

@@ -10,12 +10,19 @@ import contextlib
 import http.client
 import os
 import signal
-import time
+import socket
 from pathlib import Path
 
 import pytest
-from server import PROCESSES_OF_THREADS, background_request, refusal, request, wait_for
-from test_signals import ctl
+from server import (
+    PROCESSES_OF_THREADS,
+    background_request,
+    refusal,
+    request,
+    session_processes,
+    wait_for,
+    workers,
+)
 
 TRACEBACK = "Fatal Python error: Segmentation fault"
 
@@ -59,14 +66,36 @@ def test_a_crash_in_c_or_an_exit_ends_only_its_process(gunicorn, topology, fault
         assert log.count("(most recent call first)") >= threads
 
 
+def oom_score(pid: int) -> int:
+    """The kernel's badness of `pid`: the OOM killer ends the process with the highest."""
+    try:
+        return int(Path(f"/proc/{pid}/oom_score").read_text())
+    except (FileNotFoundError, ProcessLookupError):  # gone, or a zombie
+        return -1
+
+
+LEAK_MB = 300  # well above a worker's own size, so that no other process of the server is close
+
+
 def test_an_oom_kill_ends_only_its_process(gunicorn, topology):
-    """SIGKILL, as the kernel's OOM killer sends it to the process that holds the memory."""
+    """SIGKILL, sent as the kernel's OOM killer would: to the process of the server that holds
+    the most memory, after one request made it keep LEAK_MB."""
     master = gunicorn.start(topology=topology, workers=2)
-    victim = master.pid if topology.in_master else master.children()[0]
+    leak = f"/leak?kb={LEAK_MB * 1024}&touch=1"
+    leaker = request(gunicorn.port, leak, timeout=30).json()["pid"]
+    server = [master.pid, *master.children()]
+    victim = max(server, key=oom_score)  # the kernel's choice, not the test's
+    assert victim == leaker, {pid: oom_score(pid) for pid in server}
     os.kill(victim, signal.SIGKILL)
-    if topology.in_master:
+    if topology.in_master:  # the workers are threads of the one process that holds the memory
+        assert victim == master.pid and server == [master.pid]
         assert master.wait() == -signal.SIGKILL
+        # the whole server is gone with it: no process left of its session, nothing listening
+        assert session_processes(master.pid) == []
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection(("127.0.0.1", gunicorn.port), timeout=5).close()
         return
+    assert victim != master.pid  # the master holds no app memory: it survives
     master.wait_log(rf"Worker \(pid:{victim}\) was sent SIGKILL! Perhaps out of memory\?")
     wait_for(
         lambda: len(master.children()) == 2 and victim not in master.children(), 10, "a successor"
@@ -111,18 +140,12 @@ def test_a_thread_stuck_in_c_is_ended_with_its_process(gunicorn):
     wait_for(lambda: not Path(f"/proc/{stuck}").exists(), 10, "the stuck process gone")
     wait_for(lambda: len(master.children()) == 1, 10, "a successor")
     assert answered_by(gunicorn.port, 10) == set(master.children())
-    workers = ctl_workers(gunicorn)
-    assert [w["pid"] for w in workers] == master.children()
-    assert len(workers[0]["threads"]) == 2
+    shown = workers(gunicorn)
+    assert [w["pid"] for w in shown] == master.children()
+    assert len(shown[0]["threads"]) == 2
     assert "abandoned" not in master.log
     master.signal(signal.SIGTERM)
     assert master.wait(timeout=10) == 0  # nothing stuck keeps it alive
-
-
-def ctl_workers(gunicorn) -> list[dict]:
-    import json
-
-    return json.loads(ctl(gunicorn, "show workers"))["workers"]
 
 
 @pytest.mark.parametrize(
@@ -148,9 +171,22 @@ def test_bad_thread_and_worker_counts_are_refused_in_one_line(gunicorn, flag, va
 
 
 def test_a_stopped_server_leaves_no_process(gunicorn, topology):
+    """After SIGTERM no process of the server's session is left: no worker process, nor any
+    process a worker started (reparented away from the master, so not among its children).
+    With threads in the master, the master is the server's only process."""
     master = gunicorn.start(topology=topology, workers=2)
-    children = master.children()
+    assert request(gunicorn.port).status == 200
+    expected = 1 if topology.in_master else 3  # the master, and each worker process
+    assert len(session_processes(master.pid)) == expected, session_processes(master.pid)
     master.signal(signal.SIGTERM)
     assert master.wait() == 0
-    time.sleep(0.2)
-    assert not any(Path(f"/proc/{pid}").exists() for pid in children)
+    with contextlib.suppress(TimeoutError):  # a process may take a moment to go: not 5 s
+        wait_for(lambda: session_processes(master.pid) == [], 5, "no process left")
+    left = {pid: process_name(pid) for pid in session_processes(master.pid)}
+    assert left == {}, f"left of the server's session: {left}"
+
+
+def process_name(pid: int) -> str:
+    with contextlib.suppress(FileNotFoundError, ProcessLookupError):
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
+    return "(gone)"

@@ -9,14 +9,7 @@ from __future__ import annotations
 import signal
 
 import pytest
-from server import APPS, background_request, request, wait_for
-
-HOOKS = ["-c", str(APPS / "hooks_conf.py")]
-THREAD_ID_BASE = 10_000_000
-
-
-def per_worker(entries: list[dict], hook: str) -> list[dict]:
-    return [e for e in entries if e["hook"] == hook]
+from server import HOOKS, THREAD_ID_BASE, background_request, request, wait_for
 
 
 def test_full_lifecycle_calls_each_hook_once_per_worker(gunicorn, topology):
@@ -36,30 +29,30 @@ def test_full_lifecycle_calls_each_hook_once_per_worker(gunicorn, topology):
         "worker_exit": 2,
         "child_exit": 2,
         "on_exit": 1,
+        "pre_request": 1,  # the one request
+        "post_request": 1,
     }
-    entries = gunicorn.hooks()
-    changed = per_worker(entries, "nworkers_changed")[0]
+    changed = gunicorn.hooks("nworkers_changed")[0]
     assert (changed["old"], changed["new"]) == (None, 2)
     for hook in ("post_fork", "post_worker_init", "worker_exit", "child_exit"):
-        assert {e["mode"] for e in per_worker(entries, hook)} == {topology.worker_kind}, hook
-    workers = {e["worker"] for e in per_worker(entries, "post_worker_init")}
+        assert {e["mode"] for e in gunicorn.hooks(hook)} == {topology.worker_kind}, hook
+    workers = {e["worker"] for e in gunicorn.hooks("post_worker_init")}
     assert len(workers) == 2
     for hook in ("worker_exit", "child_exit"):
-        assert {e["worker"] for e in per_worker(entries, hook)} == workers
+        assert {e["worker"] for e in gunicorn.hooks(hook)} == workers
     if topology.in_master:
         assert all(w > THREAD_ID_BASE for w in workers)
-        for e in per_worker(entries, "post_fork") + per_worker(entries, "worker_exit"):
+        for e in gunicorn.hooks("post_fork") + gunicorn.hooks("worker_exit"):
             assert e["pid"] == master.pid and e["thread"].startswith("gilworker-")
     else:
         assert all(w < THREAD_ID_BASE for w in workers)
-        for e in per_worker(entries, "post_worker_init") + per_worker(entries, "worker_exit"):
+        for e in gunicorn.hooks("post_worker_init") + gunicorn.hooks("worker_exit"):
             assert e["pid"] == e["worker"] != master.pid
             assert e["thread"] == "MainThread"  # the process's, not one of its loop threads
     # the master-side hooks run in the master's main thread, in both modes
     for hook in ("on_starting", "when_ready", "pre_fork", "child_exit", "on_exit"):
         assert all(
-            e["pid"] == master.pid and e["thread"] == "MainThread"
-            for e in per_worker(entries, hook)
+            e["pid"] == master.pid and e["thread"] == "MainThread" for e in gunicorn.hooks(hook)
         ), hook
 
 
@@ -72,7 +65,7 @@ def test_quick_stop_calls_worker_int_in_each_worker(gunicorn, topology, sig):
     assert counts["worker_int"] == 2
     assert counts["worker_exit"] == 2
     assert counts["on_exit"] == 1
-    entries = per_worker(gunicorn.hooks(), "worker_int")
+    entries = gunicorn.hooks("worker_int")
     assert {e["mode"] for e in entries} == {topology.worker_kind}
     if topology.in_master:  # on the worker's own thread, as a process runs it in itself
         assert all(e["thread"].startswith("gilworker-") for e in entries)
@@ -84,10 +77,10 @@ def test_ttin_and_ttou_change_the_worker_count(gunicorn, topology):
     wait_for(lambda: gunicorn.hook_counts().get("post_worker_init") == 3, 20, "a third worker")
     master.signal(signal.SIGTTOU)
     wait_for(lambda: gunicorn.hook_counts().get("child_exit") == 1, 20, "one worker reaped")
-    changes = [(e["old"], e["new"]) for e in per_worker(gunicorn.hooks(), "nworkers_changed")]
+    changes = [(e["old"], e["new"]) for e in gunicorn.hooks("nworkers_changed")]
     assert changes == [(None, 2), (2, 3), (3, 2)]
     # the oldest worker was the one retired, as gunicorn does
-    exited = per_worker(gunicorn.hooks(), "worker_exit")
+    exited = gunicorn.hooks("worker_exit")
     assert [e["age"] for e in exited] == [1]
     assert request(gunicorn.port).status == 200
 
@@ -100,7 +93,7 @@ def test_timeout_aborts_a_stuck_worker_and_replaces_it(gunicorn, topology):
     assert request(gunicorn.port, timeout=10).status == 200
     counts = gunicorn.hook_counts()
     assert counts["worker_abort"] == 1
-    abort = per_worker(gunicorn.hooks(), "worker_abort")[0]
+    abort = gunicorn.hooks("worker_abort")[0]
     assert abort["mode"] == topology.worker_kind and abort["age"] == 1
     wait_for(lambda: gunicorn.hook_counts().get("child_exit") == 1, 10, "the stuck one reaped")
 

@@ -9,7 +9,15 @@ import sysconfig
 from pathlib import Path
 
 import pytest
-from server import FREE_THREADED, GUNICORN, in_process_arbiter, request
+from server import (
+    FREE_THREADED,
+    GUNICORN,
+    READY_LINE,
+    in_process_arbiter,
+    is_worker_thread_name,
+    request,
+    stats,
+)
 
 
 def test_auto_mode_follows_the_interpreter(gunicorn):
@@ -29,7 +37,7 @@ def test_thread_mode_runs_workers_as_threads_of_the_master(gunicorn):
     assert master.children() == []  # no forked worker
     answers = [request(gunicorn.port).json() for _ in range(10)]
     assert {a["pid"] for a in answers} == {master.pid}
-    assert all(a["thread"].startswith("gilworker-1000000") for a in answers)
+    assert all(is_worker_thread_name(a["thread"]) for a in answers)
     assert len(master.os_threads()) >= 3  # the master's own thread and two workers
     forced = not FREE_THREADED  # threads on a GIL build: allowed, with a warning
     assert ("WARNING] gilworker: running workers as threads" in master.log) is forced
@@ -197,10 +205,6 @@ def test_gil_coming_back_at_run_time_is_reported_once(mocker):
 def test_a_lazy_import_that_enables_the_gil_is_reported(gunicorn, tmp_path, threads):
     """Threads in the master: the master notices. A worker process of threads notices its own
     GIL, logs it, and reports it to the master through its thread table."""
-    import json
-
-    from test_signals import ctl
-
     compile_gil_module(tmp_path)
     (tmp_path / "lazy_app.py").write_text(
         "from plain_app import app as plain\n"
@@ -214,18 +218,18 @@ def test_a_lazy_import_that_enables_the_gil_is_reported(gunicorn, tmp_path, thre
     master = gunicorn.start(
         "--threads", str(threads), mode="auto", app="lazy_app:app", env=env, workers=workers
     )
-    master.wait_log("Application startup complete", count=2)
+    master.wait_log(READY_LINE, count=2)
     assert "running workers as threads" in master.log or "of 2 threads each" in master.log
-    assert json.loads(ctl(gunicorn, "show stats"))["gil_enabled"] is False
+    assert stats(gunicorn)["gil_enabled"] is False
     assert request(gunicorn.port, "/gil").status == 200
     master.wait_log(
         r"the GIL was re-enabled at run time \(importing the extension module "
         r"'gilmod' re-enabled the GIL\)"
     )
-    stats = json.loads(ctl(gunicorn, "show stats"))
-    assert stats["gil_enabled"] is True
+    shown = stats(gunicorn)
+    assert shown["gil_enabled"] is True
     if threads == 1:  # a worker process names the cause in its own log line (above)
-        assert "gilmod" in stats["gil_cause"]
+        assert "gilmod" in shown["gil_cause"]
     request(gunicorn.port, "/gil")
     assert master.log_count("the GIL was re-enabled at run time") == 1
 
@@ -234,7 +238,7 @@ def test_threads_per_worker_process_where_threads_apply(gunicorn):
     """`--threads 3` under gil_mode auto: worker processes of 3 loop threads where the GIL is
     off; on a GIL build one loop per process, and the start-up line says why."""
     master = gunicorn.start("--threads", "3", mode="auto", workers=2)
-    master.wait_log("Application startup complete", count=6 if FREE_THREADED else 2)
+    master.wait_log(READY_LINE, count=6 if FREE_THREADED else 2)
     assert len(master.children()) == 2
     if FREE_THREADED:
         assert (
@@ -242,20 +246,20 @@ def test_threads_per_worker_process_where_threads_apply(gunicorn):
             "free-threaded build, GIL off after importing the app)"
         ) in master.log
         threads = {request(gunicorn.port).json()["thread"] for _ in range(30)}
-        assert all(t.startswith("gilworker-1000000") for t in threads)
+        assert all(is_worker_thread_name(t) for t in threads)
     else:
         assert (
             "[INFO] gilworker: running workers as forked processes (gil_mode auto, GIL build); "
             "--threads 3 is ignored: with the GIL on, threads of one process would share it, so "
             "each worker process runs one event loop (--gil-mode thread honours it)"
         ) in master.log
-        assert master.log_count("Application startup complete") == 2
+        assert master.log_count(READY_LINE) == 2
         assert {request(gunicorn.port).json()["thread"] for _ in range(10)} == {"MainThread"}
 
 
 def test_gil_mode_thread_honours_threads_on_any_build(gunicorn):
     master = gunicorn.start("--threads", "2", mode="thread", workers=2, ready=None)
-    master.wait_log("Application startup complete", count=4)
+    master.wait_log(READY_LINE, count=4)
     forced = "WARNING" if not FREE_THREADED else "INFO"
     assert f"[{forced}] gilworker: running 2 worker processes of 2 threads each" in master.log
     assert len(master.children()) == 2

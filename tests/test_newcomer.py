@@ -3,12 +3,9 @@ statsd metrics."""
 
 from __future__ import annotations
 
-import contextlib
-import socket
 import subprocess
-import time
 
-from server import FREE_THREADED, GUNICORN, request, wait_for
+from server import FREE_THREADED, GUNICORN, THREAD_ID_BASE, Statsd, request
 
 
 def test_every_gilworker_setting_is_in_help_with_one_line():
@@ -28,35 +25,32 @@ def test_worker_lines_say_thread_or_process_and_the_id(gunicorn, topology):
     processes = 0 if topology.in_master else 2
     threads = 2 * topology.threads if topology.loop_threads else 0
     assert master.log_count(r"Booting worker with pid: \d+\n") == processes
-    assert master.log_count(r"Booting worker thread with id: 1000000[12]\n") == threads
+    ids = rf"({THREAD_ID_BASE + 1}|{THREAD_ID_BASE + 2})"  # each process's two threads
+    assert master.log_count(rf"Booting worker thread with id: {ids}\n") == threads
     master.signal(15)
     assert master.wait() == 0
     assert master.log_count(r"Worker exiting \(pid: \d+\)") == processes
-    assert master.log_count(r"Worker exiting \(thread id: 1000000\d\)") == threads
+    assert master.log_count(rf"Worker exiting \(thread id: {ids}\)") == threads
 
 
 def test_statsd_metrics(gunicorn, topology):
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as statsd:
-        statsd.bind(("127.0.0.1", 0))
-        statsd.settimeout(0.2)
-        port = statsd.getsockname()[1]
-        gunicorn.start("--statsd-host", f"127.0.0.1:{port}", topology=topology, workers=2)
-        assert request(gunicorn.port, "/crash").status == 200
-        received: list[str] = []
-        # a loop thread of a worker process is replaced inside its process, which counts it
-        kind = "thread" if topology.threads > 1 else "worker"
-        crashed = f"gilworker.{kind}_crashes:1|c"
-
-        def collect() -> list[str]:
-            with contextlib.suppress(TimeoutError):
-                received.extend(statsd.recv(65536).decode().splitlines())
-            return received
-
-        wait_for(lambda: any(m.startswith(crashed) for m in collect()), 20, crashed)
-        deadline = time.monotonic() + 2
-        while time.monotonic() < deadline:  # the workers gauge follows the respawn
-            collect()
-    assert "gunicorn.workers:2|g" in received
-    assert f"gilworker.event_loops:{2 * topology.threads}|g" in received
+    # a loop thread of a worker process is replaced inside its process, which counts it
+    kind = "thread" if topology.threads > 1 else "worker"
+    crashed = f"gilworker.{kind}_crashes:1|c"
+    gauges = ["gunicorn.workers:2|g", f"gilworker.event_loops:{2 * topology.threads}|g"]
     if topology.loop_threads:
-        assert f"gilworker.gil_enabled:{0 if FREE_THREADED else 1}|g" in received
+        gauges.append(f"gilworker.gil_enabled:{0 if FREE_THREADED else 1}|g")
+    with Statsd() as statsd:
+        gunicorn.start("--statsd-host", statsd.host, topology=topology, workers=2)
+        assert request(gunicorn.port, "/crash").status == 200
+        # the workers gauge follows the respawn
+        received = statsd.wait(
+            lambda lines: (
+                any(m.startswith(crashed) for m in lines)
+                and all(gauge in lines for gauge in gauges)
+            ),
+            20,
+            f"{crashed} and the gauges {gauges}",
+        )
+    assert any(m.startswith(crashed) for m in received)
+    assert all(gauge in received for gauge in gauges), received

@@ -3,16 +3,27 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import re
 import resource
 import socket
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from server import THREADS, background_request, request, wait_for
+from server import (
+    THREADS,
+    Statsd,
+    accept_queue,
+    background_request,
+    children_of,
+    closed_by_peer,
+    serves,
+    wait_for,
+)
 
 from gunicorn_gilworker.client_noise import KINDS, ClientNoise
 
@@ -32,10 +43,26 @@ def open_idle(port: int, count: int) -> list[socket.socket]:
 def server_cpu(pid: int) -> float:
     """CPU seconds of the master and its children."""
     total = 0
-    for p in [pid, *(int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split())]:
+    for p in [pid, *children_of(pid)]:
         fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
         total += int(fields[11]) + int(fields[12])
     return total / os.sysconf("SC_CLK_TCK")
+
+
+def quiet(pid: int, share: float, over: float) -> Callable[[], bool]:
+    """For wait_for: whether the server has used under `share` of one core over the last `over`
+    seconds (its CPU time read at each call)."""
+    samples: list[tuple[float, float]] = []
+
+    def check() -> bool:
+        now = time.monotonic()
+        samples.append((now, server_cpu(pid)))
+        while len(samples) > 1 and now - samples[1][0] >= over:
+            samples.pop(0)  # keep the oldest sample at least `over` seconds back
+        then, cpu = samples[0]
+        return now - then >= over and (samples[-1][1] - cpu) / (now - then) < share
+
+    return check
 
 
 @pytest.fixture
@@ -46,6 +73,15 @@ def many_descriptors():
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     yield
     resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def connected(s: socket.socket) -> bool:
+    """Whether the non-blocking connect of `s` has completed."""
+    try:
+        s.getpeername()
+        return True
+    except OSError:
+        return False
 
 
 def limit_to(soft: int, hard: int):
@@ -66,9 +102,13 @@ def test_at_the_descriptor_limit_workers_pause_then_serve_again(
     idle = open_idle(gunicorn.port, 2000)
     try:
         master.wait_log(r"file descriptors open: workers stop accepting", timeout=20)
-        time.sleep(2.5)  # past the burst of taking on a thousand connections
+        # Past the burst of taking on a thousand connections, and past asyncio's retry of an
+        # accept that failed for want of descriptors (ACCEPT_RETRY_DELAY after it): quiet for
+        # longer than that delay.
+        over = asyncio.constants.ACCEPT_RETRY_DELAY + 0.5
+        wait_for(quiet(master.pid, 0.10, over), 20, f"the server quiet for {over} s")
         cpu = server_cpu(master.pid)
-        time.sleep(3)
+        time.sleep(3)  # the behaviour under test: a server at its limit stays idle this long
         cpu = server_cpu(master.pid) - cpu
         print(f"saturated ({topology}, {loop}): {cpu / 3:.1%} of one core")
         assert cpu / 3 < 0.10
@@ -79,15 +119,8 @@ def test_at_the_descriptor_limit_workers_pause_then_serve_again(
             s.close()
     # Served again within 2 s. (While it takes on the backlog of connections the idle clients
     # left, a loop at the limit may refuse one, libuv by design: a client may retry at once.)
-    wait_for(lambda: _answered(gunicorn.port), 2, "GET / answered")
+    wait_for(lambda: serves(gunicorn.port, timeout=0.5), 2, "GET / answered")
     master.wait_log(r"gilworker: accepting again")
-
-
-def _answered(port: int) -> bool:
-    try:
-        return request(port, timeout=0.5).status == 200
-    except OSError:
-        return False
 
 
 def test_threads_raise_the_soft_descriptor_limit_and_say_so(gunicorn, topology):
@@ -106,12 +139,18 @@ def test_worker_connections_caps_each_event_loop(gunicorn, topology):
     next client waits in the listen backlog until a connection closes."""
     cap = 4
     gunicorn.start("--worker-connections", str(cap), topology=topology, workers=1)
-    idle = open_idle(gunicorn.port, cap * topology.threads)  # every loop holds its cap
+    held = cap * topology.threads
+    idle = open_idle(gunicorn.port, held)  # every loop holds its cap
     try:
-        time.sleep(0.5)
+        wait_for(
+            lambda: all(connected(s) for s in idle) and accept_queue(gunicorn.port) == 0,
+            10,
+            f"the {held} connections accepted",
+        )
         client, answered = background_request(gunicorn.port, "/", timeout=20)
-        time.sleep(1.5)
-        assert answered == []  # waiting: no loop takes it
+        wait_for(lambda: accept_queue(gunicorn.port) == 1, 10, "the client in the backlog")
+        client.join(1.0)  # the behaviour under test: for a while, no loop takes it
+        assert answered == [] and accept_queue(gunicorn.port) == 1
         idle.pop().close()
         client.join(10)
         assert answered and answered[0].status == 200
@@ -127,7 +166,7 @@ def test_connections_closed_by_the_header_timeout_are_counted_not_logged(
     before = len(master.log.splitlines())
     idle = open_idle(gunicorn.port, 2000)
     try:
-        wait_for(lambda: all(_closed(s) for s in idle), 30, "every idle connection closed")
+        wait_for(lambda: all(closed_by_peer(s) for s in idle), 30, "every idle connection closed")
     finally:
         for s in idle:
             s.close()
@@ -136,49 +175,39 @@ def test_connections_closed_by_the_header_timeout_are_counted_not_logged(
     assert len(logged) < 20, "\n".join(logged[:40])
 
 
-def _closed(s: socket.socket) -> bool:
-    try:
-        return s.recv(1) == b""
-    except BlockingIOError:
-        return False
-    except OSError:
-        return True
-
-
 def test_client_noise_is_in_the_debug_log_and_statsd(gunicorn):
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as statsd:
-        statsd.bind(("127.0.0.1", 0))
-        statsd.settimeout(0.1)
+    slow, malformed = "gilworker.client.slow_head", "gilworker.client.malformed"
+    with Statsd() as statsd:
         master = gunicorn.start(
             "--header-timeout",
             "1",
             "--log-level",
             "debug",
             "--statsd-host",
-            f"127.0.0.1:{statsd.getsockname()[1]}",
+            statsd.host,
             topology=THREADS,
             workers=1,
         )
         idle = open_idle(gunicorn.port, 30)
-        for _ in range(20):
-            with socket.create_connection(("127.0.0.1", gunicorn.port), timeout=5) as s:
-                s.sendall(b"GARBAGE\r\n\r\n")
-                s.recv(100)
-        master.wait_log(r"DEBUG\] Closing a connection whose request head took over 1.0s", count=30)
-        received: list[str] = []
-        deadline = time.monotonic() + 2
-        while time.monotonic() < deadline:
-            with contextlib.suppress(TimeoutError):
-                received += statsd.recv(65536).decode().splitlines()
-        for s in idle:
-            s.close()
+        try:
+            for _ in range(20):
+                with socket.create_connection(("127.0.0.1", gunicorn.port), timeout=5) as s:
+                    s.sendall(b"GARBAGE\r\n\r\n")
+                    s.recv(100)
+            master.wait_log(
+                r"DEBUG\] Closing a connection whose request head took over 1.0s", count=30
+            )
+            statsd.wait(
+                lambda _: statsd.total(slow) >= 30 and statsd.total(malformed) >= 20,
+                10,
+                "the counts in statsd",
+            )
+        finally:
+            for s in idle:
+                s.close()
     assert master.log_count(r"DEBUG\] Invalid HTTP request received") == 20
-    assert statsd_total(received, "gilworker.client.slow_head") == 30
-    assert statsd_total(received, "gilworker.client.malformed") == 20
-
-
-def statsd_total(received: list[str], counter: str) -> int:
-    return sum(int(m.split(":")[1].split("|")[0]) for m in received if m.startswith(counter + ":"))
+    assert statsd.total(slow) == 30
+    assert statsd.total(malformed) == 20
 
 
 def test_the_counts_are_summarised_once_per_interval(mocker):

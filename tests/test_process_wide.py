@@ -8,7 +8,7 @@ import signal
 
 import pytest
 from gunicorn.errors import HaltServer
-from server import in_process_arbiter, refusal, request, wait_for
+from server import READY_LINE, in_process_arbiter, refusal, request, wait_for
 
 
 def test_privileges_are_dropped_once_for_the_process_before_workers_start(mocker, tmp_path):
@@ -63,7 +63,7 @@ def test_usr2_re_executes_a_new_master_and_the_old_one_drains(gunicorn, topology
     new_pid = masters_in(old.log)[1]
     assert new_pid != old.pid
     loops = 2 * topology.threads
-    old.wait_log(r"Application startup complete", count=2 * loops)  # the new master's too
+    old.wait_log(READY_LINE, count=2 * loops)  # the new master's too
     assert old.log_count(topology.start_line) == 2  # the new master chose the same topology
 
     old.signal(signal.SIGTERM)  # drain the old master, as gunicorn documents

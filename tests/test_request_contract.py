@@ -5,7 +5,6 @@ reference."""
 
 from __future__ import annotations
 
-import contextlib
 import http.client
 import io
 import json
@@ -15,12 +14,20 @@ import struct
 import time
 
 import pytest
-from server import APPS, THREADS, request, wait_for
+from server import (
+    HOOKS,
+    THREAD_ID_BASE,
+    THREADS,
+    Statsd,
+    exchange,
+    read_until_closed,
+    request,
+    serves,
+    wait_for,
+)
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
-THREAD_ID_BASE = 10_000_000
-CONTRACT = ["-c", str(APPS / "contract_conf.py")]
 # Every atom -k asgi fills, but the timing ones (D; T, M, L, t and p differ by nature)
 ACCESS_FORMAT = (
     'h=%(h)s l=%(l)s u=%(u)s r="%(r)s" m=%(m)s U=%(U)s q=%(q)s H=%(H)s s=%(s)s B=%(B)s '
@@ -35,31 +42,20 @@ HEADERS = {
 }
 
 
-def get(port: int, path: str, headers: dict[str, str] | None = None) -> http.client.HTTPResponse:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-    try:
-        conn.request("GET", path, headers=headers or {})
-        response = conn.getresponse()
-        response.read()
-        return response
-    finally:
-        conn.close()
-
-
 def access_lines(master, count: int) -> list[str]:
     master.wait_log(r"h=\S+ l=", count=count)
     return re.findall(r"^h=.*$", master.log, flags=re.M)
 
 
 def exchange_for_access_log(port: int) -> None:
-    assert get(port, "/stream?n=2&delay=0", HEADERS).status == 200
-    assert get(port, "/head-first?s=0").status == 200
+    assert request(port, "/stream?n=2&delay=0", headers=HEADERS).status == 200
+    assert request(port, "/head-first?s=0").status == 200
 
 
 def test_the_access_log_matches_gunicorns_asgi_worker(gunicorn, topology):
     args = ["--access-logfile", "-", "--access-logformat", ACCESS_FORMAT]
     reference = gunicorn.start(*args, worker_class="asgi", workers=1, ready=r"Booting worker")
-    wait_for(lambda: _answers(gunicorn.port), 20, "-k asgi serving")  # logged too: left out
+    wait_for(lambda: serves(gunicorn.port), 20, "-k asgi serving")  # logged too: left out
     probes = len(access_lines(reference, 1))
     exchange_for_access_log(gunicorn.port)
     expected = access_lines(reference, probes + 2)[probes:]
@@ -76,13 +72,6 @@ def strip_timing(line: str) -> str:
     return re.sub(r" D=\d+", "", line)
 
 
-def _answers(port: int) -> bool:
-    try:
-        return request(port, timeout=2).status == 200
-    except OSError:
-        return False
-
-
 def test_a_streamed_response_is_logged_when_it_ends_with_its_size(gunicorn, topology):
     master = gunicorn.start(
         "--access-logfile",
@@ -92,22 +81,19 @@ def test_a_streamed_response_is_logged_when_it_ends_with_its_size(gunicorn, topo
         topology=topology,
         workers=1,
     )
-    assert get(gunicorn.port, "/stream?n=5&delay=0.1").status == 200
+    assert request(gunicorn.port, "/stream?n=5&delay=0.1").status == 200
     master.wait_log(r"s=200 b=35 D=\d+")
     duration = int(re.search(r"s=200 b=35 D=(\d+)", master.log).group(1))
     assert duration >= 400_000  # microseconds: logged after the last chunk, not the head
 
 
-def hook_entries(gunicorn, hook: str) -> list[dict]:
-    return [e for e in gunicorn.hooks() if e["hook"] == hook]
-
-
 def test_request_hooks_run_once_per_request_even_without_an_access_log(gunicorn, topology):
-    master = gunicorn.start(*CONTRACT, topology=topology, workers=1)
+    master = gunicorn.start(*HOOKS, topology=topology, workers=1)
     for i in range(5):
-        assert get(gunicorn.port, f"/stream?n=1&i={i}", {"User-Agent": "hooks"}).status == 200
-    wait_for(lambda: len(hook_entries(gunicorn, "post_request")) == 5, 10, "5 post_request")
-    pre, post = hook_entries(gunicorn, "pre_request"), hook_entries(gunicorn, "post_request")
+        ua = {"User-Agent": "hooks"}
+        assert request(gunicorn.port, f"/stream?n=1&i={i}", headers=ua).status == 200
+    wait_for(lambda: len(gunicorn.hooks("post_request")) == 5, 10, "5 post_request")
+    pre, post = gunicorn.hooks("pre_request"), gunicorn.hooks("post_request")
     assert [e["uri"] for e in pre] == [f"/stream?n=1&i={i}" for i in range(5)]
     # resp and environ are filled without an access log (-k asgi passes None for both then)
     assert {(e["status"], e["sent"], e["remote"], e["ua"]) for e in post} == {
@@ -119,41 +105,38 @@ def test_request_hooks_run_once_per_request_even_without_an_access_log(gunicorn,
         assert worker > THREAD_ID_BASE and pre[0]["worker_class"] == "GilWorker"
     else:
         assert worker == pre[0]["pid"] != master.pid
-        assert pre[0]["worker_class"] == ("ThreadsProcess" if topology.threads > 1 else "GilWorker")
+        assert pre[0]["worker_class"] == (
+            "ProcessOfThreads" if topology.threads > 1 else "GilWorker"
+        )
 
 
 def test_a_failing_hook_is_logged_and_the_request_answered(gunicorn, topology):
-    master = gunicorn.start(*CONTRACT, topology=topology, workers=1)
-    assert get(gunicorn.port, "/hook-raises").status == 200
+    master = gunicorn.start(*HOOKS, topology=topology, workers=1)
+    assert request(gunicorn.port, "/hook-raises").status == 200
     master.wait_log(r"Exception in pre_request hook")
     assert "a pre_request hook that fails" in master.log
-    wait_for(lambda: hook_entries(gunicorn, "post_request"), 10, "post_request")
-
-
-def statsd_lines(sock: socket.socket, until: float) -> list[str]:
-    received: list[str] = []
-    while time.monotonic() < until:
-        with contextlib.suppress(TimeoutError):
-            received += sock.recv(65536).decode().splitlines()
-    return received
+    wait_for(lambda: gunicorn.hooks("post_request"), 10, "post_request")
 
 
 @pytest.mark.parametrize("access_log", [True, False])
 def test_statsd_request_metrics_with_and_without_an_access_log(gunicorn, topology, access_log):
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as statsd:
-        statsd.bind(("127.0.0.1", 0))
-        statsd.settimeout(0.1)
-        args = ["--statsd-host", f"127.0.0.1:{statsd.getsockname()[1]}"]
-        args += ["--dogstatsd-tags", "env:test"]
+    def metrics(received: list[str], name: str) -> list[str]:
+        return [m for m in received if m.startswith(f"gunicorn.{name}:")]
+
+    names = ("requests", "request.status.200", "request.duration")
+    with Statsd() as statsd:
+        args = ["--statsd-host", statsd.host, "--dogstatsd-tags", "env:test"]
         if access_log:
             args += ["--access-logfile", "-"]
         gunicorn.start(*args, topology=topology, workers=2)
         for _ in range(4):
-            assert get(gunicorn.port, "/stream?n=1").status == 200
-        received = statsd_lines(statsd, time.monotonic() + 1.5)
-    requests = [m for m in received if m.startswith("gunicorn.requests:")]
-    statuses = [m for m in received if m.startswith("gunicorn.request.status.200:")]
-    durations = [m for m in received if m.startswith("gunicorn.request.duration:")]
+            assert request(gunicorn.port, "/stream?n=1").status == 200
+        received = statsd.wait(
+            lambda lines: all(len(metrics(lines, name)) >= 4 for name in names),
+            10,
+            "the metrics of 4 requests",
+        )
+    requests, statuses, durations = (metrics(received, name) for name in names)
     assert requests == ["gunicorn.requests:1|c|@1.0|#env:test"] * 4
     assert statuses == ["gunicorn.request.status.200:1|c|@1.0|#env:test"] * 4
     assert len(durations) == 4 and all(
@@ -171,16 +154,6 @@ def proxy_v2(client: str, port: int) -> bytes:
         socket.inet_aton(client) + socket.inet_aton("127.0.0.1") + struct.pack(">HH", port, 8000)
     )
     return signature + bytes([0x21, 0x11]) + struct.pack(">H", len(addresses)) + addresses
-
-
-def raw_exchange(port: int, data: bytes) -> bytes:
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
-        s.sendall(data)
-        chunks = []
-        with contextlib.suppress(TimeoutError, ConnectionResetError):
-            while chunk := s.recv(65536):
-                chunks.append(chunk)
-        return b"".join(chunks)
 
 
 REQUEST = b"GET /?via=proxy HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
@@ -209,28 +182,30 @@ def test_proxy_protocol_gives_the_app_and_the_log_the_real_client(gunicorn, topo
         "auto",
         "--access-logfile",
         "-",
-        *CONTRACT,
+        *HOOKS,
         topology=topology,
         workers=1,
     )
-    assert body_of(raw_exchange(gunicorn.port, proxy_v1("203.0.113.7", 5555) + REQUEST))[
-        "client"
-    ] == ["203.0.113.7", 5555]
-    assert body_of(raw_exchange(gunicorn.port, proxy_v2("198.51.100.9", 4444) + REQUEST))[
-        "client"
-    ] == ["198.51.100.9", 4444]
+    assert body_of(exchange(gunicorn.port, proxy_v1("203.0.113.7", 5555) + REQUEST))["client"] == [
+        "203.0.113.7",
+        5555,
+    ]
+    assert body_of(exchange(gunicorn.port, proxy_v2("198.51.100.9", 4444) + REQUEST))["client"] == [
+        "198.51.100.9",
+        4444,
+    ]
     # split over several reads, as a slow proxy may send it
     with socket.create_connection(("127.0.0.1", gunicorn.port), timeout=10) as s:
         pieces = (b"PROXY TCP4 192.0.2.1", b" 127.0.0.1 7 8000\r\nGET /?v", REQUEST[7:])
         for piece in pieces:
             s.sendall(piece)
-            time.sleep(0.05)
-        assert body_of(b"".join(iter(lambda: s.recv(65536), b"")))["client"] == ["192.0.2.1", 7]
+            time.sleep(0.05)  # a deliberately slow proxy: each piece its own read
+        assert body_of(read_until_closed(s))["client"] == ["192.0.2.1", 7]
     # without a header: the peer itself
-    assert body_of(raw_exchange(gunicorn.port, REQUEST))["client"][0] == "127.0.0.1"
+    assert body_of(exchange(gunicorn.port, REQUEST))["client"][0] == "127.0.0.1"
     master.wait_log(r'(?m)^203\.0\.113\.7 - - \[.*\] "GET /\?via=proxy HTTP/1\.1" 200', count=1)
     assert re.search(r"^198\.51\.100\.9 - - ", master.log, flags=re.M)
-    remotes = [e["remote"] for e in hook_entries(gunicorn, "post_request")]
+    remotes = [e["remote"] for e in gunicorn.hooks("post_request")]
     assert remotes[:2] == ["203.0.113.7", "198.51.100.9"]
 
 
@@ -243,15 +218,15 @@ def test_proxy_protocol_gives_the_app_and_the_log_the_real_client(gunicorn, topo
     ],
 )
 def test_a_bad_or_unallowed_proxy_header_never_reaches_the_app(gunicorn, args):
-    gunicorn.start(*args, *CONTRACT, topology=THREADS, workers=1)
+    gunicorn.start(*args, *HOOKS, topology=THREADS, workers=1)
     header = (
         b"PROXY TCP4 999.0.0.1 127.0.0.1 1 2\r\n"
         if args[-1] == "auto"
         else proxy_v1("203.0.113.7", 1)
     )
-    reply = raw_exchange(gunicorn.port, header + REQUEST)
+    reply = exchange(gunicorn.port, header + REQUEST)
     assert reply.startswith(b"HTTP/1.1 400 "), reply[:100]
-    assert hook_entries(gunicorn, "pre_request") == []  # the app never saw it
+    assert gunicorn.hooks("pre_request") == []  # the app never saw it
     assert request(gunicorn.port).status == 200  # and the worker serves on
 
 
@@ -278,7 +253,7 @@ def test_a_websocket_message_over_the_limit_is_closed_with_1009(gunicorn, topolo
 )
 def test_the_app_sees_https_behind_a_trusted_proxy(gunicorn, header, allowed, scheme):
     gunicorn.start("--forwarded-allow-ips", allowed, topology=THREADS, workers=1)
-    reply = raw_exchange(
+    reply = exchange(
         gunicorn.port,
         b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n" + header.encode() + b"\r\n\r\n",
     )

@@ -8,7 +8,17 @@ import sys
 import time
 
 import pytest
-from server import APPS, GUNICORN, free_port, make_certificate, request
+from server import (
+    APPS,
+    GUNICORN,
+    PROCESSES,
+    PROCESSES_OF_THREADS,
+    THREADS,
+    free_port,
+    make_certificate,
+    request,
+    tcp_sockets,
+)
 from websockets.sync.client import connect, unix_connect
 
 
@@ -121,7 +131,7 @@ def test_nothing_process_wide_is_done_per_worker(gunicorn, topology):
         assert body["sigterm_handler"] == "Arbiter.signal"
         assert body["pid"] == master.pid
     else:  # the worker process's own, set once by the process (not by its loop threads)
-        worker = "ThreadsProcess" if topology.threads > 1 else "GilWorker"
+        worker = "ProcessOfThreads" if topology.threads > 1 else "GilWorker"
         assert body["sigterm_handler"] == f"{worker}.handle_exit"
 
 
@@ -151,10 +161,7 @@ def test_unix_socket_bind(gunicorn, topology, tmp_path):
 
 def listening_sockets(port: int) -> int:
     """Distinct listening TCP sockets on 127.0.0.1:`port` (dups of one socket count once)."""
-    wanted = f"0100007F:{port:04X}"
-    with open("/proc/net/tcp") as table:
-        rows = [line.split() for line in table.readlines()[1:]]
-    return sum(1 for row in rows if row[1] == wanted and row[3] == "0A")  # 0A: LISTEN
+    return sum(1 for state, _ in tcp_sockets(port).values() if state == "0A")  # 0A: LISTEN
 
 
 def test_reuse_port(gunicorn, topology):
@@ -188,16 +195,29 @@ def test_systemd_socket_activation(gunicorn, topology, tmp_path):
     assert f"Listening at: http://127.0.0.1:{port}" in master.log
 
 
-def test_preload_app_is_honoured(gunicorn, topology):
-    master = gunicorn.start("--preload", topology=topology)
-    for body in (request(gunicorn.port).json() for _ in range(10)):
-        assert body["imported_in"] == master.pid
+@pytest.mark.parametrize("preload", [True, False], ids=["preload", "no-preload"])
+def test_preload_decides_where_process_workers_import_the_app(gunicorn, preload):
+    """Where workers are forked processes of one loop, `--preload` is what makes the master
+    import the app before it forks; without it each worker process imports it itself."""
+    master = gunicorn.start(*(["--preload"] if preload else []), topology=PROCESSES)
+    bodies = [request(gunicorn.port).json() for _ in range(10)]
+    assert master.pid not in {b["pid"] for b in bodies}
+    for body in bodies:
+        assert body["imported_in"] == (master.pid if preload else body["pid"])
 
 
-def test_without_preload_process_workers_import_the_app_themselves(gunicorn):
-    master = gunicorn.start(mode="process")
-    for body in (request(gunicorn.port).json() for _ in range(10)):
-        assert body["imported_in"] == body["pid"] != master.pid
+@pytest.mark.parametrize("preload", [True, False], ids=["preload", "no-preload"])
+@pytest.mark.parametrize("topology", [THREADS, PROCESSES_OF_THREADS], ids=str)
+def test_where_threads_apply_the_master_imports_the_app_with_or_without_preload(
+    gunicorn, topology, preload
+):
+    """Thread workers need the app imported before the topology is chosen (the import may turn
+    a free-threaded build's GIL on), so the master always imports it: `--preload` is accepted
+    and changes nothing. A worker process of threads is forked with it, and imports nothing."""
+    master = gunicorn.start(*(["--preload"] if preload else []), topology=topology)
+    bodies = [request(gunicorn.port).json() for _ in range(10)]
+    assert {b["imported_in"] for b in bodies} == {master.pid}
+    assert ({b["pid"] for b in bodies} == {master.pid}) is topology.in_master
 
 
 def test_thread_workers_share_one_import_of_the_app(gunicorn):

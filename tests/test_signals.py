@@ -5,19 +5,24 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import time
 
 import pytest
-from server import BIN, background_request, request, wait_for
-
-THREAD_ID_BASE = 10_000_000
+from server import (
+    THREAD_ID_BASE,
+    background_request,
+    ctl,
+    request,
+    stats,
+    wait_for,
+    worker_ids,
+    workers,
+)
 
 
 def test_sigterm_finishes_in_flight_requests_and_exits_zero(gunicorn, topology):
     master = gunicorn.start(topology=topology)
     client, results = background_request(gunicorn.port, "/sleep?s=1.5", timeout=20)
-    time.sleep(0.5)  # the request is in flight (it takes 1.5 s)
+    master.wait_log(r"sleep request started")  # in flight (it takes 1.5 s)
     master.signal(signal.SIGTERM)
     assert master.wait() == 0
     client.join(20)
@@ -42,57 +47,23 @@ def test_boot_and_app_load_errors_halt_the_master(gunicorn, topology, app, statu
         assert message not in master.log.splitlines(), master.log
 
 
-# How gunicornc reports a connection the control server dropped while stopped for a fork: refused,
-# reset, or (the command already sent, seen once in CI during a crash loop) a broken pipe.
-DROPPED_AROUND_FORK = ("Failed to connect", "Connection reset", "Broken pipe")
-
-
-def ctl(gunicorn, command: str) -> str:
-    """A gunicornc command. Where workers are processes gunicorn takes its control socket down
-    around each fork (os.register_at_fork, benoitc/gunicorn#3520), so a connection can be refused,
-    reset or cut while a worker is spawned, or accepted and then dropped unanswered: the loop that
-    took it is stopped for the fork, and the new worker inherits the connection, so the client
-    waits for its own timeout (seen once in CI, right after `worker kill`). Such an attempt is
-    made again."""
-    sock = gunicorn.tmp_path / "ctl-0.sock"
-
-    def attempt() -> str | None:
-        if not sock.exists():
-            return None
-        try:
-            done = subprocess.run(
-                [str(BIN / "gunicornc"), "-s", str(sock), "-j", "-c", command],
-                capture_output=True,
-                text=True,
-                timeout=5,
-            )
-        except subprocess.TimeoutExpired:
-            return None
-        if done.returncode != 0 and any(cut in done.stderr for cut in DROPPED_AROUND_FORK):
-            return None
-        assert done.returncode == 0, done.stderr
-        return done.stdout
-
-    return wait_for(attempt, 20, f"gunicornc {command!r}")
-
-
 def test_gunicornc_shows_and_kills_workers_without_signalling_a_process(gunicorn, topology):
     master = gunicorn.start(topology=topology, workers=2)
-    shown = json.loads(ctl(gunicorn, "show workers"))
-    ids = [w["pid"] for w in shown["workers"]]
-    assert len(ids) == 2 and {w["mode"] for w in shown["workers"]} == {topology.worker_kind}
-    assert [w["age"] for w in shown["workers"]] == [1, 2]
-    assert all(0 <= w["last_heartbeat"] < 60 for w in shown["workers"])  # gunicorn's heartbeat
+    shown = workers(gunicorn)
+    ids = [w["pid"] for w in shown]
+    assert len(ids) == 2 and {w["mode"] for w in shown} == {topology.worker_kind}
+    assert [w["age"] for w in shown] == [1, 2]
+    assert all(0 <= w["last_heartbeat"] < 60 for w in shown)  # gunicorn's heartbeat
     if topology.threads > 1:  # each worker process with its threads
-        for worker in shown["workers"]:
+        for worker in shown:
             threads = worker["threads"]
             assert [t["age"] for t in threads] == [1, 2]
             assert all(t["id"] > THREAD_ID_BASE and 0 <= t["last_heartbeat"] < 60 for t in threads)
     else:
-        assert all("threads" not in w for w in shown["workers"])
-    stats = json.loads(ctl(gunicorn, "show stats"))
-    assert stats["topology"] == topology.name
-    assert stats["event_loops"] == 2 * topology.threads
+        assert all("threads" not in w for w in shown)
+    shown_stats = stats(gunicorn)
+    assert shown_stats["topology"] == topology.name
+    assert shown_stats["event_loops"] == 2 * topology.threads
     if topology.in_master:
         for wid in ids:
             assert wid > THREAD_ID_BASE
@@ -105,7 +76,7 @@ def test_gunicornc_shows_and_kills_workers_without_signalling_a_process(gunicorn
     assert killed == {"success": True, "killed": ids[0]}
 
     def replaced() -> bool:
-        now = [w["pid"] for w in json.loads(ctl(gunicorn, "show workers"))["workers"]]
+        now = worker_ids(gunicorn)
         return len(now) == 2 and ids[0] not in now
 
     wait_for(replaced, 20, "the killed worker to be replaced")
@@ -124,11 +95,11 @@ def test_gunicornc_worker_add_and_remove(gunicorn, topology):
 
 def test_hup_replaces_the_workers_and_keeps_serving(gunicorn, topology):
     master = gunicorn.start(topology=topology, workers=2)
-    before = {w["pid"] for w in json.loads(ctl(gunicorn, "show workers"))["workers"]}
+    before = set(worker_ids(gunicorn))
     master.signal(signal.SIGHUP)
 
     def all_new() -> bool:
-        now = {w["pid"] for w in json.loads(ctl(gunicorn, "show workers"))["workers"]}
+        now = set(worker_ids(gunicorn))
         return len(now) == 2 and not (now & before)
 
     wait_for(all_new, 30, "new workers after HUP")

@@ -10,9 +10,10 @@ import types
 from pathlib import Path
 
 import pytest
+from gunicorn.errors import ConfigError
 from server import APPS, FREE_THREADED, PROCESSES, THREADS, refusal, request, wait_for
 
-from gunicorn_gilworker.shared_keys import shared_dict_keys
+from gunicorn_gilworker.interpreter import shared_dict_keys
 from gunicorn_gilworker.stack import Stack, check_installed, resolve
 
 H11_WARNING = "httptools is not installed, so the workers parse HTTP with h11"
@@ -125,11 +126,37 @@ def test_resolve_maps_gunicorns_settings_as_uvicorn_would(parser, loop, installe
     assert resolve(parser, loop, has=installed.__contains__) == expected
 
 
-def test_check_installed_passes_what_is_there():
+@pytest.mark.parametrize(
+    ("parser", "loop", "installed", "looked_up", "error"),
+    [
+        ("fast", "uvloop", {"httptools", "uvloop"}, ["httptools", "uvloop"], None),
+        ("fast", "asyncio", {"httptools"}, ["httptools"], None),
+        ("auto", "auto", set(), [], None),  # nothing asked for by name: nothing to look for
+        ("python", "asyncio", set(), [], None),
+        ("fast", "auto", {"uvloop"}, ["httptools"], "--http-parser fast needs httptools"),
+        ("auto", "uvloop", {"httptools"}, ["uvloop"], "--asgi-loop uvloop needs uvloop"),
+    ],
+    ids=["both-there", "httptools-there", "auto", "python", "no-httptools", "no-uvloop"],
+)
+def test_check_installed_refuses_only_a_named_package_that_is_missing(
+    parser, loop, installed, looked_up, error
+):
     class Cfg:
-        http_parser, asgi_loop = "fast", "uvloop"
+        http_parser, asgi_loop = parser, loop
 
-    check_installed(Cfg(), has={"httptools", "uvloop"}.__contains__)  # no error
+    asked: list[str] = []
+
+    def has(module: str) -> bool:
+        asked.append(module)
+        return module in installed
+
+    if error:
+        fix = 'which is not installed: pip install "gunicorn-gilworker[fast]"'
+        with pytest.raises(ConfigError, match=re.escape(f"{error}, {fix}")):
+            check_installed(Cfg(), has=has)
+    else:
+        assert check_installed(Cfg(), has=has) is None
+    assert asked == looked_up  # what was asked for by name is what was looked for
 
 
 @pytest.mark.skipif(not FREE_THREADED, reason="free-threaded builds: a GIL build has no such count")

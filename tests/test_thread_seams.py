@@ -8,9 +8,9 @@ import signal
 import threading
 import time
 
-from server import background_request, in_process_arbiter
+from server import THREAD_ID_BASE, background_request, in_process_arbiter
 
-from gunicorn_gilworker.supervision import THREAD_ID_BASE, WorkerThread
+from gunicorn_gilworker.supervision import WorkerThread
 
 
 class ExitingWorker:
@@ -19,9 +19,10 @@ class ExitingWorker:
     status = 7
     booted = False
 
-    def __init__(self, age, ppid, sockets, app, timeout, cfg, log):
+    def __init__(self, age, ppid, sockets, app, timeout, cfg, log, runs_as="thread"):
         self.age, self.sockets, self.cfg, self.log = age, sockets, cfg, log
-        self.pid = "[booting]"
+        self.pid = THREAD_ID_BASE + age
+        self.runs_hooks = True
         self.tmp = type("Tmp", (), {"close": lambda self: None, "last_update": time.monotonic})()
 
     def init_process(self):
@@ -47,19 +48,20 @@ def test_a_lost_exit_notice_still_gets_the_thread_reaped_and_replaced(mocker, tm
     arbiter = in_process_arbiter(tmp_path, mode="thread")
     mocker.patch.object(arbiter, "worker_class", ExitingWorker)
     mocker.patch.object(ExitingWorker, "status", 1)  # a runtime crash, not a boot error
-    mocker.patch.object(arbiter.threads, "notices")  # the SIGCHLD notice is lost
+    supervisor = arbiter.topology().supervisor
+    mocker.patch.object(supervisor, "notices")  # the SIGCHLD notice is lost
     child_exit = mocker.patch.object(arbiter.cfg.settings["child_exit"], "value")
     arbiter.num_workers = 1
     arbiter.LISTENERS = []
 
     first = arbiter.spawn_worker()
-    arbiter.threads.handles[first].thread.join(5)
+    supervisor.handles[first].thread.join(5)
     arbiter.manage_workers()  # one ordinary loop turn, no SIGCHLD
 
     assert first not in arbiter.WORKERS
     child_exit.assert_called_once()
     assert len(arbiter.WORKERS) == 1  # replaced in the same turn
-    for handle in list(arbiter.threads.handles.values()):
+    for handle in list(supervisor.handles.values()):
         handle.thread.join(5)
 
 
@@ -72,7 +74,7 @@ def test_a_thread_that_cannot_start_leaves_no_phantom_worker(mocker, tmp_path):
     arbiter.LISTENERS = []
 
     assert arbiter.spawn_worker() is None
-    assert arbiter.WORKERS == {} and len(arbiter.threads) == 0
+    assert arbiter.WORKERS == {} and len(arbiter.topology().supervisor) == 0
     assert "can't start new thread" in str(error.call_args)
 
 
@@ -87,35 +89,3 @@ def test_a_worker_that_ignores_the_stop_does_not_keep_the_server_alive(gunicorn,
     assert "Shutting down: Master" in master.log
     client.join(10)
     assert outcome and isinstance(outcome[0], OSError | http.client.HTTPException), outcome
-
-
-def test_a_worker_builds_its_protocol_classes_in_its_own_thread(mocker, tmp_path):
-    # On a free-threaded build the thread that makes a class owns its methods' refcounts: a
-    # protocol class made by the master would send each worker's method lookups down the
-    # interpreter's locked slow path. So the classes are made in run(), in the worker's thread.
-    from gunicorn_gilworker import worker as worker_module
-
-    arbiter = in_process_arbiter(tmp_path, mode="thread")
-    made_in = []
-    for name in ("guard_head", "coalesce_writes", "limit_websocket"):
-        real = getattr(worker_module, name)
-        mocker.patch.object(
-            worker_module,
-            name,
-            side_effect=lambda *a, real=real, name=name: (
-                made_in.append((name, threading.get_ident())) or real(*a)
-            ),
-        )
-    worker = worker_module.GilWorker(1, 0, [], arbiter.app, 30, arbiter.cfg, arbiter.log)
-    worker.wsgi = arbiter.app.wsgi()
-    served = mocker.patch.object(worker.server, "run")
-    worker.server.started = True
-    assert made_in == []  # nothing yet in the master's thread
-
-    runner = threading.Thread(target=worker.run)
-    runner.start()
-    runner.join(5)
-    served.assert_called_once()
-    assert {name for name, _ in made_in} == {"guard_head", "coalesce_writes", "limit_websocket"}
-    assert {ident for _, ident in made_in} == {runner.ident}
-    assert worker.config.http.__name__ == "GuardedCoalescedHttpToolsProtocol"

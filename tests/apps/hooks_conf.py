@@ -1,4 +1,7 @@
-"""A gunicorn.conf.py that records every server hook call, one JSON line each, to $HOOK_LOG."""
+"""A gunicorn.conf.py that records every hook call, server and request hooks alike, one JSON line
+each, to $HOOK_LOG (read back with Launcher.hooks()).
+
+`pre_request` raises for /hook-raises: the request must still be answered."""
 
 import json
 import os
@@ -10,9 +13,11 @@ LOG = os.environ["HOOK_LOG"]
 def record(hook, worker=None, **extra):
     entry = {"hook": hook, "pid": os.getpid(), "thread": threading.current_thread().name}
     if worker is not None:
+        # a worker's id: its pid, or for a thread of the master THREAD_ID_BASE + its age
         entry["worker"] = worker.pid if isinstance(worker.pid, int) else None
         entry["age"] = worker.age
         entry["mode"] = getattr(worker, "gil_mode", None)
+        entry["worker_class"] = type(worker).__name__
     entry.update(extra)
     fd = os.open(LOG, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
@@ -63,3 +68,21 @@ def nworkers_changed(server, new_value, old_value):
 
 def on_exit(server):
     record("on_exit")
+
+
+def pre_request(worker, req):
+    record("pre_request", worker, method=req.method, path=req.path, uri=req.uri)
+    if req.path == "/hook-raises":
+        raise RuntimeError("a pre_request hook that fails")
+
+
+def post_request(worker, req, environ, resp):
+    record(
+        "post_request",
+        worker,
+        path=req.path,
+        status=resp.status,
+        sent=resp.sent,
+        remote=environ["REMOTE_ADDR"],
+        ua=environ.get("HTTP_USER_AGENT"),
+    )

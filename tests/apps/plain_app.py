@@ -74,9 +74,11 @@ async def http(scope, receive, send):
         ctypes.string_at(0)
     elif path == "/exit":  # os._exit from app code: ends the whole process at once
         os._exit(7)
-    elif path == "/leak":  # keeps 1 MB (or ?kb=N) for ever
-        KEPT.append(bytearray(int(query.get("kb", ["1024"])[0]) * 1024))
-    elif path == "/sleep":
+    elif path == "/leak":  # keeps 1 MB (or ?kb=N) for ever; ?touch=1: resident, written to
+        size = int(query.get("kb", ["1024"])[0]) * 1024
+        KEPT.append(bytearray(b"\x01") * size if "touch" in query else bytearray(size))
+    elif path == "/sleep":  # in flight for a while: the log line says it has begun
+        print(f"sleep request started in {os.getpid()}", file=sys.stderr, flush=True)
         await asyncio.sleep(float(query["s"][0]))
     elif path == "/csleep":  # one long C call: no stop or exception reaches it before it returns
         print(f"csleep started in {os.getpid()}", file=sys.stderr, flush=True)  # in the log
