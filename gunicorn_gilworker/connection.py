@@ -14,9 +14,12 @@ itself:
 - write coalescing: a response's head and body leave in one send (see `HeldWrites`).
 
 `ConnectionLayer` holds one worker's collaborators; `layered(protocol_class)` is the one class
-built around a uvicorn protocol class, its per-connection state in slots on the object (slots
-leave the instance dict, which uvicorn's own attributes use, as uvicorn made it), and
-`ConnectionLayer.protocol_factory` what uvicorn's Config takes as its `http`.
+built around a uvicorn protocol class, with each connection's state in one attribute of the
+object, `gilworker` (a `ConnectionState`); `ConnectionLayer.protocol_factory` is what uvicorn's
+Config takes as its `http`. One attribute, not three: uvicorn's httptools protocol keeps 28 of
+its own, and past 30 CPython stops sharing the instance dicts' keys (and 3.13 its inline values),
+which slows every attribute access uvicorn makes; slots on the subclass would end the inline
+values too.
 """
 
 from __future__ import annotations
@@ -72,6 +75,17 @@ class ProxyPolicy:
         except ValueError:
             return False
         return any(address in network for network in self.networks)
+
+
+class ConnectionState:
+    """What the layer keeps per connection."""
+
+    __slots__ = ("head", "layer", "proxy_header")
+
+    def __init__(self, layer: ConnectionLayer) -> None:
+        self.layer = layer
+        self.head: PartialHead | None = None  # a head spread over several reads
+        self.proxy_header: ProxyHeaderReader | None = None
 
 
 class PartialHead:
@@ -196,33 +210,33 @@ def layered(protocol_class: type) -> type:
     made, lost, feed = base.connection_made, base.connection_lost, base.data_received
 
     class Connection(protocol_class):  # type: ignore[misc, valid-type]
-        __slots__ = ("head", "layer", "proxy_header")
+        gilworker: ConnectionState
 
         def __init__(self, layer: ConnectionLayer, *args: Any, **kwargs: Any) -> None:
             super().__init__(*args, **kwargs)
-            self.layer = layer
-            self.head: PartialHead | None = None  # a head spread over several reads
-            self.proxy_header: ProxyHeaderReader | None = None
+            self.gilworker = ConnectionState(layer)
 
         def connection_made(self, transport: Any) -> None:
-            layer = self.layer
+            state = self.gilworker
+            layer = state.layer
             made(self, HeldWrites(transport, layer, protocol_loop(self)))
             if layer.proxy is not None and layer.proxy.allowed(protocol_client(self)):
-                self.proxy_header = ProxyHeaderReader(layer.proxy.mode)
+                state.proxy_header = ProxyHeaderReader(layer.proxy.mode)
             layer.gate.connection_made(open_connections(self))
             if layer.header_timeout:  # the first head gets a deadline too
                 self._wait_for_rest(PartialHead())
 
         def data_received(self, data: bytes) -> None:
-            if self.proxy_header is not None:
+            state = self.gilworker
+            if state.proxy_header is not None:
                 self._read_proxy_header(data)
                 return
-            layer = self.layer
+            layer = state.layer
             cycle = http_cycle(self)
             if not response_complete(cycle):
                 # A body, or a pipelined head that uvicorn queues: not counted, always checked.
                 self._feed_checked(data)
-            elif self.head is not None:
+            elif state.head is not None:
                 self._feed_head(data, cycle)  # the rest of a head
             elif len(data) > layer.few_fields_bytes and (
                 len(data) > layer.safe_bytes or data.count(b"\n") > layer.safe_lines
@@ -238,8 +252,9 @@ def layered(protocol_class: type) -> type:
                     layer.drain.last_request(now)  # a request on a stopping worker's connection
 
         def _feed_head(self, data: bytes, cycle: Any) -> None:
-            layer = self.layer
-            head = self.head or PartialHead()
+            state = self.gilworker
+            layer = state.layer
+            head = state.head or PartialHead()
             head.bytes += len(data)
             head.lines += data.count(b"\n")
             if layer.max_bytes is not None and head.bytes > layer.max_bytes:
@@ -270,28 +285,31 @@ def layered(protocol_class: type) -> type:
             # Any request whose head completes in this read goes through RequestLimits:
             # uvicorn takes the protocol's app when a head is complete. (Rare: built when needed.)
             app = protocol_app(self)
-            set_protocol_app(self, RequestLimits(app, self.layer.limits))
+            set_protocol_app(self, RequestLimits(app, self.gilworker.layer.limits))
             try:
                 feed(self, data)
             finally:
                 set_protocol_app(self, app)
 
         def _wait_for_rest(self, head: PartialHead) -> None:
-            self.head = head
-            timeout = self.layer.header_timeout
+            state = self.gilworker
+            state.head = head
+            timeout = state.layer.header_timeout
             if timeout and head.timer is None:
                 head.timer = protocol_loop(self).call_later(timeout, self._head_too_slow)
 
         def _head_done(self) -> None:
-            head, self.head = self.head, None
+            state = self.gilworker
+            head, state.head = state.head, None
             if head is not None and head.timer is not None:
                 head.timer.cancel()
 
         def _head_too_slow(self) -> None:
-            self.head = None
+            state = self.gilworker
+            state.head = None
             transport = protocol_transport(self)
             if transport is not None and not transport.is_closing():
-                layer = self.layer
+                layer = state.layer
                 layer.log.debug(
                     "Closing a connection whose request head took over %ss", layer.header_timeout
                 )
@@ -299,20 +317,23 @@ def layered(protocol_class: type) -> type:
                 transport.close()
 
         def _read_proxy_header(self, data: bytes) -> None:
-            reader = self.proxy_header
+            state = self.gilworker
+            reader = state.proxy_header
             assert reader is not None
             try:
                 complete = reader.feed(data)
             except (InvalidProxyLine, InvalidProxyHeader) as exc:
-                self.proxy_header = None
-                self.layer.log.debug("Invalid PROXY header from %s: %s", protocol_client(self), exc)
+                state.proxy_header = None
+                state.layer.log.debug(
+                    "Invalid PROXY header from %s: %s", protocol_client(self), exc
+                )
                 transport = protocol_transport(self)
                 transport.write(BAD_PROXY_HEADER)
                 transport.close()
                 return
             if not complete:
                 return  # gunicorn's parser bounds the header's size
-            self.proxy_header = None
+            state.proxy_header = None
             info = reader.info
             if info and info.get("client_addr"):
                 set_protocol_client(self, (info["client_addr"], info["client_port"]))
@@ -322,9 +343,10 @@ def layered(protocol_class: type) -> type:
 
         def connection_lost(self, exc: Exception | None) -> None:
             self._head_done()
-            self.proxy_header = None
+            state = self.gilworker
+            state.proxy_header = None
             lost(self, exc)
-            self.layer.gate.connection_lost(open_connections(self))
+            state.layer.gate.connection_lost(open_connections(self))
 
     Connection.__name__ = Connection.__qualname__ = f"Layered{protocol_class.__name__}"
     return Connection

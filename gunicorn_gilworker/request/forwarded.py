@@ -1,10 +1,10 @@
-"""gunicorn's `secure_scheme_headers`, next to uvicorn's X-Forwarded-* handling.
+"""gunicorn's `secure_scheme_headers`, in front of uvicorn's X-Forwarded-* handling.
 
 uvicorn's ProxyHeadersMiddleware takes the client address from X-Forwarded-For and the scheme
 from X-Forwarded-Proto, for peers in `forwarded_allow_ips`. gunicorn also trusts, from the same
 peers, each header of `secure_scheme_headers` set to its value (by default
 `X-Forwarded-Protocol: ssl` and `X-Forwarded-Ssl: on` too): the request is then https.
-This subclass adds those to uvicorn's and takes its place in the app chain.
+`ForwardedHeaders` checks those, then hands the request to uvicorn's middleware, which it wraps.
 """
 
 from __future__ import annotations
@@ -14,9 +14,10 @@ from typing import Any
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 
-class ForwardedHeaders(ProxyHeadersMiddleware):
+class ForwardedHeaders:
     def __init__(self, app: Any, trusted_hosts: Any, secure_scheme_headers: dict[str, str]):
-        super().__init__(app, trusted_hosts)
+        self.proxy_headers = ProxyHeadersMiddleware(app, trusted_hosts)
+        self.trusted_hosts = self.proxy_headers.trusted_hosts  # uvicorn's parsed form
         self.secure = {  # uvicorn reads X-Forwarded-Proto itself
             (name.lower().encode("latin-1"), value.encode("latin-1"))
             for name, value in secure_scheme_headers.items()
@@ -33,4 +34,4 @@ class ForwardedHeaders(ProxyHeadersMiddleware):
                 and not self.secure.isdisjoint(scope["headers"])
             ):
                 scope["scheme"] = "wss" if scope["type"] == "websocket" else "https"
-        return super().__call__(scope, receive, send)
+        return self.proxy_headers(scope, receive, send)
