@@ -24,9 +24,13 @@ class ProcessesOfThreads(ForkedProcesses):
     def event_loops_wanted(self) -> int:
         return self.decision.workers * self.decision.threads
 
-    def event_loops(self) -> int:
+    def processes(self) -> list[ProcessOfThreads]:
+        """Its worker processes in WORKERS now."""
         workers = self.arbiter.WORKERS
-        return sum(workers[pid].loops for pid in list(self.pids) if pid in workers)
+        return [workers[pid] for pid in list(self.pids) if pid in workers]
+
+    def event_loops(self) -> int:
+        return sum(process.loops for process in self.processes())
 
     def describe(self, wid: int) -> dict[str, object]:
         worker = self.arbiter.WORKERS.get(wid)
@@ -36,8 +40,7 @@ class ProcessesOfThreads(ForkedProcesses):
         return shown
 
     def stats(self) -> dict[str, object]:
-        workers = self.arbiter.WORKERS
-        tables = [workers[pid].table.read() for pid in list(self.pids) if pid in workers]
+        tables = [process.table.read() for process in self.processes()]
         stats = super().stats()
         if tables:  # the worker processes run the app: their GIL is the one that matters
             stats["gil_enabled"] = any(gil for _, _, gil in tables)
