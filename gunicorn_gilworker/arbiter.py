@@ -140,9 +140,10 @@ class GilArbiter(Arbiter):
         app_dirs = [app.cfg.chdir, *filter(None, (app.cfg.pythonpath or "").split(","))]
         forgotten = forget_app_modules(app_dirs)
         app.callable = None  # gunicorn's cache of the loaded app: load it again
+        count = len(forgotten)
         self.log.info(
-            "gilworker: the app's %d modules will be imported anew for the new workers",
-            len(forgotten),
+            "gilworker: the app's %s will be imported anew for the new workers",
+            "module" if count == 1 else f"{count} modules",
         )
 
     # -- the seams: spawn, signal, reap ---------------------------------------------------

@@ -220,6 +220,35 @@ def set_protocol_client(protocol: Any, client: tuple[str, int]) -> None:
     protocol.client = client
 
 
+def cycle_disconnected(send: Any) -> bool:
+    """Whether the client of the request `send` answers has gone: `send` is a uvicorn
+    `RequestResponseCycle.send` (uvicorn 0.53-0.55), whose cycle's `disconnected` makes it drop
+    what it is given; anything else (a wrapped send) counts as connected."""
+    return bool(getattr(getattr(send, "__self__", None), "disconnected", False))
+
+
+# -- gunicorn's logger ----------------------------------------------------------------------
+
+
+def basic_auth_user(log: Any, authorization: str) -> str | None:
+    """The user of a Basic `Authorization` header as gunicorn's `u` atom reads it:
+    `Logger._get_user(environ)` (gunicorn 27.0.0-27.0.1), which no public method exposes."""
+    return log._get_user({"HTTP_AUTHORIZATION": authorization})  # type: ignore[no-any-return]
+
+
+def statsd_socket(log: Any) -> tuple[Any, str, str]:
+    """A gunicorn `Statsd` logger's socket (None if it could not connect), metric prefix and
+    dogstatsd tags: the `sock`, `prefix` and `dogstatsd_tags` its __init__ sets (gunicorn
+    27.0.0-27.0.1), which `Statsd.access` sends with."""
+    return log.sock, log.prefix, log.dogstatsd_tags or ""
+
+
+def formatter_format(formatter: Any) -> str | None:
+    """The format string of a `logging.Formatter` (its `_fmt`, CPython 3.10-3.14): gunicorn's
+    own access handlers format with `%(message)s`, the line alone."""
+    return getattr(formatter, "_fmt", None)
+
+
 # -- asyncio --------------------------------------------------------------------------------
 
 

@@ -29,10 +29,21 @@ LIFECYCLE = frozenset(
 )
 
 
+# uvicorn's `limit_max_requests` line: in a worker thread only the thread is replaced
+MAX_REQUESTS = "Maximum request limit of %d exceeded. Terminating process."
+WORKER_THREAD = "gilworker-"  # the name of a worker thread: gilworker-<worker id>
+
+
 class QuietLifecycle(logging.Filter):
-    """uvicorn's per-server lifecycle lines, at debug level."""
+    """uvicorn's per-server lifecycle lines, at debug level; its max-requests line in the words
+    of what is replaced."""
 
     def filter(self, record: logging.LogRecord) -> bool:
+        if record.msg == MAX_REQUESTS and record.threadName.startswith(WORKER_THREAD):
+            worker = record.threadName[len(WORKER_THREAD) :]
+            record.msg = "Maximum request limit of %d exceeded: worker thread %s is replaced."
+            record.args = (*record.args, worker)  # type: ignore[misc]
+            return True
         if record.msg not in LIFECYCLE or record.levelno != logging.INFO:
             return True
         # not isEnabledFor(): on 3.13 it answers False while a record is being handled

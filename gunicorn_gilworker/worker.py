@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import signal
 import ssl
 import sys
 from typing import Any, Literal
@@ -187,7 +188,7 @@ class GilWorker(Worker):
         config.load()  # uvicorn's app chain; gunicorn's layers go around it
         if cfg.is_ssl:
             config.ssl = tls_context(cfg)
-        config.loaded_app = with_request_contract(
+        config.loaded_app, contract = with_request_contract(
             ForwardedHeaders(
                 config.loaded_app, config.forwarded_allow_ips, cfg.secure_scheme_headers
             ),
@@ -196,7 +197,11 @@ class GilWorker(Worker):
         )
         # The plain sockets: uvicorn closes what it served on, and gunicorn's wrapper would log
         # the second close (the master closes its own copies itself).
-        self.server.run(sockets=[getattr(s, "sock", s) for s in self.sockets])
+        try:
+            self.server.run(sockets=[getattr(s, "sock", s) for s in self.sockets])
+        finally:
+            if contract is not None:
+                contract.close()
         if not self.server.started:
             sys.exit(Arbiter.WORKER_BOOT_ERROR)
         if self.exit_status:
@@ -258,7 +263,13 @@ class GilWorker(Worker):
     # -- signals, in a worker process (the main thread) ---------------------------------------
 
     def handle_usr1(self, sig: int, frame: Any) -> None:
-        super().handle_usr1(sig, frame)
+        # On the loop, between two callbacks: this handler runs on the loop's thread, where it
+        # could land inside a write of the access log (the handler's lock is re-entrant) and
+        # close the file under it.
+        self.server.call_in_loop(self._reopen_logs)
+
+    def _reopen_logs(self) -> None:
+        super().handle_usr1(signal.SIGUSR1, None)
         write_tracebacks_on_crash(self.log)  # the log's descriptor changed
 
     def handle_exit(self, sig: int, frame: Any) -> None:

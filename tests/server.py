@@ -116,8 +116,9 @@ def request(
     timeout: float = 10.0,
     conn: http.client.HTTPConnection | None = None,
     headers: dict[str, str] | None = None,
+    method: str = "GET",
 ) -> Response:
-    """One GET over a new connection (or over `conn`, kept alive)."""
+    """One GET (or `method`) over a new connection (or over `conn`, kept alive)."""
     own = conn is None
     if conn is None:
         conn = (
@@ -126,7 +127,7 @@ def request(
             else http.client.HTTPConnection(host, port, timeout=timeout)
         )
     try:
-        conn.request("GET", path, headers=headers or {})
+        conn.request(method, path, headers=headers or {})
         resp = conn.getresponse()
         return Response(resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read())
     finally:

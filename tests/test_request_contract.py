@@ -9,6 +9,7 @@ import http.client
 import io
 import json
 import re
+import signal
 import socket
 import struct
 import time
@@ -16,8 +17,10 @@ import time
 import pytest
 from server import (
     HOOKS,
+    READY_LINE,
     THREAD_ID_BASE,
     THREADS,
+    Load,
     Statsd,
     exchange,
     read_until_closed,
@@ -47,9 +50,20 @@ def access_lines(master, count: int) -> list[str]:
     return re.findall(r"^h=.*$", master.log, flags=re.M)
 
 
+# (method, path, status): streamed, late body, and the responses whose body is never sent
+EXCHANGES = [
+    ("GET", "/stream?n=2&delay=0", 200),
+    ("GET", "/head-first?s=0", 200),
+    ("HEAD", "/status?code=200&body=1000", 200),
+    ("HEAD", "/status?code=405&body=18", 405),
+    ("GET", "/status?code=304", 304),
+    ("GET", "/status?code=204", 204),
+]
+
+
 def exchange_for_access_log(port: int) -> None:
-    assert request(port, "/stream?n=2&delay=0", headers=HEADERS).status == 200
-    assert request(port, "/head-first?s=0").status == 200
+    for method, path, status in EXCHANGES:
+        assert request(port, path, headers=HEADERS, method=method).status == status
 
 
 def test_the_access_log_matches_gunicorns_asgi_worker(gunicorn, topology):
@@ -58,14 +72,82 @@ def test_the_access_log_matches_gunicorns_asgi_worker(gunicorn, topology):
     wait_for(lambda: serves(gunicorn.port), 20, "-k asgi serving")  # logged too: left out
     probes = len(access_lines(reference, 1))
     exchange_for_access_log(gunicorn.port)
-    expected = access_lines(reference, probes + 2)[probes:]
+    expected = access_lines(reference, probes + len(EXCHANGES))[probes:]
     master = gunicorn.start(*args, topology=topology, workers=1)
     exchange_for_access_log(gunicorn.port)
-    lines = access_lines(master, 2)
-    assert [strip_timing(x) for x in lines] == [strip_timing(x) for x in expected]
+    lines = access_lines(master, len(EXCHANGES))
+    # in the order written: two loops of one process write each at the end of its own turn
+    assert sorted(strip_timing(x) for x in lines) == sorted(strip_timing(x) for x in expected)
     assert "uvicorn" not in "\n".join(lines) and '" 200' not in master.log  # uvicorn's line
     assert all(int(re.search(r"D=(\d+)", x).group(1)) > 0 for x in lines)
-    assert lines[0].startswith('h=127.0.0.1 l=- u=user r="GET /stream?n=2&delay=0 HTTP/1.1"')
+    sent = dict(re.search(r'r="(\S+ \S+) .* b=(\S+)', x).groups() for x in lines)
+    assert sent["GET /stream?n=2&delay=0"] == "14" and sent["GET /head-first?s=0"] == "9"
+    # the bytes sent: none for HEAD, 304 and 204, though the app sent some for HEAD
+    assert {sent[f"{method} {path}"] for method, path, _ in EXCHANGES[2:]} == {"0"}
+    assert any(x.startswith('h=127.0.0.1 l=- u=user r="GET /stream?n=2') for x in lines)
+
+
+def test_gunicorns_own_logger_takes_gilworkers_line_and_says_so(gunicorn, topology):
+    master = gunicorn.start(
+        "--access-logfile", "-", "--log-level", "debug", topology=topology, workers=1
+    )
+    assert request(gunicorn.port, "/stream?n=1").status == 200
+    master.wait_log(r'"GET /stream\?n=1 HTTP/1.1" 200 7 "-"')
+    assert "Access log and statsd request metrics made by gilworker: gunicorn's logger" in (
+        master.log
+    )
+
+
+@pytest.mark.parametrize("how", ["logger_class", "logconfig_dict"])
+def test_what_reads_logger_access_arguments_still_gets_them(gunicorn, topology, how):
+    if how == "logger_class":
+        args = ["--logger-class", "access_loggers.AtomAddingLogger", "--access-logfile", "-"]
+        args += ["--access-logformat", "%(custom)s %(s)s"]
+        line, why = r"from-atoms:/stream 200", "the logger class access_loggers.AtomAddingLogger"
+    else:
+        conf = "logconfig_dict = __import__('access_loggers').logconfig_dict\n"
+        (gunicorn.tmp_path / "logconfig_conf.py").write_text(conf)
+        args = ["-c", str(gunicorn.tmp_path / "logconfig_conf.py"), "--access-logformat", "%(s)s"]
+        line, why = r"logconfig 200 args-s=200", "gives gunicorn.access a handler"
+    master = gunicorn.start(*args, "--log-level", "debug", topology=topology, workers=1)
+    assert request(gunicorn.port, "/stream?n=1").status == 200
+    master.wait_log(line)
+    said = "Access log and statsd request metrics through Logger.access: "
+    assert re.search(re.escape(said) + ".*" + re.escape(why), master.log)
+
+
+def test_usr1_hup_and_stop_lose_no_access_line_and_double_none(gunicorn, topology):
+    access = gunicorn.tmp_path / "access.log"
+    rotated = gunicorn.tmp_path / "access.log.1"
+
+    def lines(path) -> int:
+        return path.read_bytes().count(b"\n") if path.exists() else 0
+
+    master = gunicorn.start(
+        "--access-logfile",
+        str(access),
+        "--access-logformat",
+        "line %(s)s %(U)s",
+        topology=topology,
+        workers=2,
+    )
+    load = Load(gunicorn.port, clients=6)
+    try:
+        wait_for(lambda: lines(access) >= 300, 30, "300 lines")
+        access.rename(rotated)  # as logrotate does, then USR1
+        master.signal(signal.SIGUSR1)
+        wait_for(lambda: lines(access) >= 300, 30, "300 lines in the reopened log")
+        served = master.log_count(READY_LINE)
+        master.signal(signal.SIGHUP)  # new workers; the old ones finish what they serve
+        master.wait_log(READY_LINE, count=served + 2 * topology.threads)
+        wait_for(lambda: lines(access) >= 600, 30, "300 more lines")
+    finally:
+        load.stop()
+    master.signal(signal.SIGTERM)
+    assert master.wait() == 0
+    assert not load.errors and load.answered > 600
+    assert lines(rotated) >= 300 and lines(access) >= 600
+    assert lines(rotated) + lines(access) == load.answered  # each request's line, once
 
 
 def strip_timing(line: str) -> str:

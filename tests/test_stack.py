@@ -4,6 +4,7 @@ thread mode: a pure-Python parser, and more event loops than CPUs."""
 from __future__ import annotations
 
 import re
+import signal
 import sys
 import threading
 import types
@@ -11,7 +12,16 @@ from pathlib import Path
 
 import pytest
 from gunicorn.errors import ConfigError
-from server import APPS, FREE_THREADED, PROCESSES, THREADS, refusal, request, wait_for
+from server import (
+    APPS,
+    FREE_THREADED,
+    PROCESSES,
+    READY_LINE,
+    THREADS,
+    refusal,
+    request,
+    wait_for,
+)
 
 from gunicorn_gilworker.interpreter import shared_dict_keys
 from gunicorn_gilworker.stack import Stack, check_installed, resolve
@@ -81,6 +91,10 @@ def test_more_event_loops_than_cpus_warns_in_thread_mode_only(gunicorn, topology
     if topology.loop_threads:
         assert master.log_count(line) == 1, master.log
         assert "one event loop per CPU serves as much" in master.log
+        served = master.log_count(READY_LINE)
+        master.signal(signal.SIGHUP)  # the same configuration: nothing new to warn of
+        master.wait_log(READY_LINE, count=served + loops)
+        assert master.log_count(line) == 1, master.log
     else:
         assert "event loops on" not in master.log
 

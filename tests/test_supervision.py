@@ -144,6 +144,9 @@ def test_max_requests_recycles_workers_without_failing_a_request(gunicorn, topol
     print(f"max_requests ({topology}): {count} requests, {len(served_by)} workers served")
     assert failures == 0
     assert len(served_by) >= 3 and master.log_count(recycled) >= 2, (count, served_by)
+    if topology.in_master:  # only the thread is replaced, and the line says so
+        assert re.search(r"limit of \d+ exceeded: worker thread \d+ is replaced", master.log)
+        assert "Terminating process" not in master.log
 
 
 APP_V1 = """

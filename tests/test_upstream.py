@@ -151,6 +151,8 @@ def test_a_protocols_attributes(http):
         assert cycle is not None and upstream.current_cycle(protocol) is cycle
         assert cycle.scope["client"] == ("192.0.2.9", 1)
         assert not upstream.response_started(cycle)
+        assert upstream.cycle_disconnected(cycle.send) is False
+        assert upstream.cycle_disconnected(lambda message: None) is False  # not uvicorn's
         upstream.last_response(cycle, lambda send: send)
         assert cycle.keep_alive is False
         for _ in range(20):
@@ -186,6 +188,49 @@ class FakeTransport:
 
     def set_protocol(self, protocol):
         pass
+
+
+def test_cycle_disconnected_reads_what_uvicorns_send_drops_on():
+    from uvicorn.protocols.http.h11_impl import RequestResponseCycle
+
+    assert "if self.disconnected:" in source_of(RequestResponseCycle.send)
+
+    class Cycle:
+        disconnected = True
+
+        async def send(self, message):
+            pass
+
+    assert upstream.cycle_disconnected(Cycle().send) is True
+
+
+def test_basic_auth_user_is_the_u_atom():
+    from gunicorn.glogging import Logger
+
+    log = Logger(Config())
+    assert upstream.basic_auth_user(log, "Basic dXNlcjpwYXNz") == "user"  # user:pass
+    assert upstream.basic_auth_user(log, "Bearer x") is None
+
+
+def test_formatter_format_is_what_the_formatter_formats_with():
+    import logging
+
+    assert upstream.formatter_format(logging.Formatter("%(message)s")) == "%(message)s"
+    assert upstream.formatter_format(None) is None
+
+
+def test_statsd_socket_is_what_statsd_sends_with():
+    from gunicorn.instrument.statsd import Statsd
+
+    cfg = Config()
+    cfg.set("statsd_host", "127.0.0.1:9")
+    cfg.set("statsd_prefix", "app")
+    cfg.set("dogstatsd_tags", "env:x")
+    log = Statsd(cfg)
+    sock, prefix, tags = upstream.statsd_socket(log)
+    assert sock is log.sock and prefix == "app." and tags == "env:x"
+    assert "self.sock.send(msg)" in source_of(Statsd._sock_send)
+    sock.close()
 
 
 def test_handle_callback_name():

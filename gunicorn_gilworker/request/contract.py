@@ -5,70 +5,42 @@ writes the access log in `--access-logformat`, and gunicorn's statsd logger (`--
 sends `gunicorn.requests`, `gunicorn.request.duration` and `gunicorn.request.status.<code>` from
 it. gunicorn 27's own `-k asgi` calls it only while an access log is configured, so its request
 metrics vanish without one, and its `post_request` then gets `environ=None, resp=None`.
-gilworker calls it whenever it does something (an access log, or a logger class with its own
-`access`: statsd, a custom `--logger-class`) and always fills `environ` and `resp`.
+gilworker sends them whenever statsd is on and always fills `environ` and `resp`.
 
-With gunicorn's own logger classes and no post_request hook, the request, response and environ
-given to `Logger.access` carry only what `--access-logformat` names (gunicorn's `atoms()` turns
-every header and environ entry into an atom, and `SafeAtoms` copies each): the line is the same,
-at three quarters of the cost.
+With gunicorn's own logger classes and handlers, the line and the packets are made by
+`access_line.py` (the same bytes, a fraction of the cost); anything that could read what
+`Logger.access` is given (a custom `--logger-class`, a logging configuration with its own
+handlers for gunicorn.access) gets `Logger.access` (`access_path`).
 
 `RequestContract` wraps each worker's app chain, outermost, so it sees the client address as
 the connection gave it (the peer, or the PROXY header's client), as gunicorn's `h` atom means;
 uvicorn's proxy-headers handling runs inside it. A worker with nothing to do per request (no
 access log, no statsd, gunicorn's default hooks) serves without it. Like `-k asgi`, it runs no
-hook and logs no line for a WebSocket connection. uvicorn's own access log is turned off.
+hook and logs no line for a WebSocket connection, and counts as sent only the body bytes
+written: none for HEAD, 1xx, 204 and 304, none once the client has gone. uvicorn's own access
+log is turned off.
 """
 
 from __future__ import annotations
 
 import logging
-import re
 import time
-from dataclasses import dataclass
+import traceback
 from datetime import timedelta
 from typing import Any
 
 from gunicorn.glogging import Logger
 from gunicorn.instrument.statsd import Statsd
 
-# An atom in gunicorn's access format: %(h)s, %({user-agent}i)s, ...
-_ATOM = re.compile(r"%\(([^)]+)\)")
-# The environ entries gunicorn's `atoms()` reads for each plain atom; it always reads
-# REQUEST_METHOD, RAW_URI and SERVER_PROTOCOL (for `r`), which every environ has.
-_ATOM_ENVIRON = {
-    "h": "REMOTE_ADDR",
-    "u": "HTTP_AUTHORIZATION",
-    "U": "PATH_INFO",
-    "q": "QUERY_STRING",
-    "f": "HTTP_REFERER",
-    "a": "HTTP_USER_AGENT",
-}
-
-
-@dataclass(frozen=True)
-class LoggedFields:
-    """What the access format names: environ keys, request and response header names."""
-
-    environ: frozenset[str]
-    request_headers: frozenset[bytes]  # lower-case
-    response_headers: frozenset[bytes]
-
-
-def logged_fields(access_log_format: str) -> LoggedFields:
-    environ, request_headers, response_headers = set(), set(), set()
-    for atom in _ATOM.findall(access_log_format):
-        if atom.startswith("{") and atom[-2:-1] == "}":  # {name}i, {name}o, {name}e
-            name, kind = atom[1:-2].lower(), atom[-1]
-            if kind == "i":
-                request_headers.add(name.encode("latin-1"))
-            elif kind == "o":
-                response_headers.add(name.encode("latin-1"))
-            elif kind == "e":
-                environ.add(name.upper())
-        elif atom in _ATOM_ENVIRON:
-            environ.add(_ATOM_ENVIRON[atom])
-    return LoggedFields(frozenset(environ), frozenset(request_headers), frozenset(response_headers))
+from gunicorn_gilworker.request.access_line import (
+    AccessFormat,
+    AccessLogWriter,
+    Exchange,
+    StatsdRequests,
+    access_path,
+    request_uri,
+)
+from gunicorn_gilworker.upstream import cycle_disconnected
 
 
 def pre_request_hook(cfg: Any, log: Any) -> Any:
@@ -127,9 +99,7 @@ class Request:
 
     @property
     def uri(self) -> str:
-        query = self.scope["query_string"]
-        path = self.raw_path.decode("latin-1")
-        return f"{path}?{query.decode('latin-1')}" if query else path
+        return request_uri(self.scope)
 
     @property
     def version(self) -> tuple[int, int]:
@@ -146,11 +116,8 @@ class Request:
             self._headers = decoded(self.scope["headers"])
         return self._headers
 
-    def environ(
-        self, client: tuple[str, int] | None, only: frozenset[str] | None = None
-    ) -> dict[str, str]:
-        """The WSGI-like environ `-k asgi` gives the access log and post_request; with `only`,
-        the header entries are those named there."""
+    def environ(self, client: tuple[str, int] | None) -> dict[str, str]:
+        """The WSGI-like environ `-k asgi` gives the access log and post_request."""
         version = self.scope["http_version"]
         environ = {
             "REQUEST_METHOD": self.method,
@@ -160,49 +127,14 @@ class Request:
             "SERVER_PROTOCOL": f"HTTP/{version}",
             "REMOTE_ADDR": client[0] if client else "-",
         }
-        for name, value in self.headers if only is None else self.named(only):
+        for name, value in self.headers:
             environ["HTTP_" + name.replace("-", "_")] = value
         return environ
-
-    def named(self, environ_keys: frozenset[str]) -> list[tuple[str, str]]:
-        """The headers that `environ_keys` (HTTP_USER_AGENT, ...) name, decoded."""
-        return decoded(
-            (name, value)
-            for name, value in self.scope["headers"]
-            if "HTTP_" + name.decode("latin-1").upper().replace("-", "_") in environ_keys
-        )
 
 
 def decoded(headers: Any) -> list[tuple[str, str]]:
     """ASGI headers as gunicorn's str pairs, names upper-cased."""
     return [(name.decode("latin-1").upper(), value.decode("latin-1")) for name, value in headers]
-
-
-class Logged:
-    """A request or response reduced to what the access format names (`LoggedFields`)."""
-
-    __slots__ = ("headers", "sent", "status")
-
-    def __init__(self, headers: list[tuple[str, str]], status: Any = None, sent: int = 0):
-        self.headers, self.status, self.sent = headers, status, sent
-
-
-class Response:
-    """The response as the access log, statsd and post_request read it: status, headers (str
-    pairs), bytes of body sent."""
-
-    __slots__ = ("raw_headers", "sent", "status")
-
-    def __init__(self) -> None:
-        self.status: int | None = None
-        self.raw_headers: Any = ()
-        self.sent = 0
-
-    @property
-    def headers(self) -> list[tuple[str, str]]:
-        return [
-            (name.decode("latin-1"), value.decode("latin-1")) for name, value in self.raw_headers
-        ]
 
 
 class RequestContract:
@@ -212,79 +144,111 @@ class RequestContract:
         worker: Any,
         pre: Any,
         post: Any,
-        access: bool,
-        fields: LoggedFields | None = None,
+        logger_access: bool,
+        line: AccessFormat | None = None,
+        writer: AccessLogWriter | None = None,
+        statsd: StatsdRequests | None = None,
     ) -> None:
         self.app = app
         self.worker = worker  # what the hooks get: the worker, or the process hosting its thread
         self.log = worker.log
         self.pre = pre
         self.post = post
-        self.access = access
-        self.fields = fields  # None: the access log gets everything
+        self.logger_access = logger_access  # call log.access() with the request's views
+        self.line = line  # gilworker's line, written by `writer`
+        self.writer = writer
+        self.statsd = statsd
+        self.views = pre is not None or post is not None or logger_access
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        client = scope.get("client")  # before uvicorn's proxy headers replace it
-        request = Request(scope)
-        response = Response()
+        ex = Exchange(scope, scope.get("client"))  # before uvicorn's proxy headers replace it
+        request = Request(scope) if self.views else None
         started = time.monotonic()
         if self.pre is not None:
             try:
                 self.pre(self.worker, request)
             except Exception:
                 self.log.exception("Exception in pre_request hook")
+        with_body = True
 
         async def send_noting(message: dict) -> None:
+            nonlocal with_body
             if message["type"] == "http.response.body":
-                response.sent += len(message.get("body", b""))
+                if with_body and not cycle_disconnected(send):
+                    await send(message)
+                    ex.sent += len(message.get("body", b""))
+                    return
             elif message["type"] == "http.response.start":
-                response.status = message["status"]
-                response.raw_headers = message.get("headers") or ()
+                ex.status = status = message["status"]
+                ex.raw_headers = message.get("headers") or ()
+                with_body = not (
+                    scope["method"] == "HEAD" or status < 200 or status in _NO_BODY_STATUSES
+                )
             await send(message)
 
         try:
             await self.app(scope, receive, send_noting)
         finally:
-            if response.status is None:  # uvicorn answers 500 for an app that did not answer
-                response.status = 500
-            self.done(request, response, client, time.monotonic() - started)
+            if ex.status is None:  # uvicorn answers 500 for an app that did not answer
+                ex.status = 500
+            self.done(ex, request, timedelta(seconds=time.monotonic() - started))
 
-    def done(self, request: Request, response: Response, client: Any, elapsed: float) -> None:
-        fields = self.fields
-        if fields is not None:  # only the access log, only what its format names
-            self.log.access(
-                Logged(
-                    decoded(h for h in response.raw_headers if h[0] in fields.response_headers),
-                    response.status,
-                    response.sent,
-                ),
-                Logged(
-                    decoded(h for h in request.scope["headers"] if h[0] in fields.request_headers)
-                ),
-                request.environ(client, fields.environ),
-                timedelta(seconds=elapsed),
-            )
+    def done(self, ex: Exchange, request: Request | None, request_time: timedelta) -> None:
+        if self.line is not None:
+            try:
+                self.writer.write(self.line.line(ex, request_time))  # type: ignore[union-attr]
+            except Exception:
+                self.log.error(traceback.format_exc())  # as Logger.access reports it
+        if self.statsd is not None:
+            self.statsd.send(ex.status, request_time)  # type: ignore[arg-type]
+        if request is None:
             return
-        environ = request.environ(client)
-        if self.access:
-            self.log.access(response, request, environ, timedelta(seconds=elapsed))
+        environ = request.environ(ex.client)
+        if self.logger_access:
+            self.log.access(ex, request, environ, request_time)
         if self.post is not None:
             try:
-                self.post(self.worker, request, environ, response)
+                self.post(self.worker, request, environ, ex)
             except Exception:
                 self.log.exception("Exception in post_request hook")
 
+    def close(self) -> None:
+        """Write what the last loop turn left: the worker is done serving."""
+        if self.writer is not None:
+            self.writer.close()
 
-def with_request_contract(app: Any, worker: Any, hook_worker: Any) -> Any:
-    """`app` inside a RequestContract, unless the contract has nothing to do per request."""
+
+# RFC 9110: a response to HEAD, a 1xx, 204 or 304 has no body; -k asgi drops what the app sends
+_NO_BODY_STATUSES = frozenset({204, 304})
+
+
+def with_request_contract(
+    app: Any, worker: Any, hook_worker: Any
+) -> tuple[Any, RequestContract | None]:
+    """`app` inside a RequestContract, and the contract; `app` alone where the contract has
+    nothing to do per request."""
     cfg, log = worker.cfg, worker.log
     pre, post, access = pre_request_hook(cfg, log), post_request_hook(cfg), calls_access(log)
     if pre is None and post is None and not access:
-        return app
-    fields = None
-    stock = type(log).atoms is Logger.atoms and type(log).access in (Logger.access, Statsd.access)
-    if access and post is None and stock:
-        fields = logged_fields(cfg.access_log_format)
-    return RequestContract(app, hook_worker, pre, post, access, fields)
+        return app, None
+    if not access:
+        contract = RequestContract(app, hook_worker, pre, post, logger_access=False)
+        return contract, contract
+    path, why = access_path(log, cfg.access_log_format)
+    if path == "Logger.access":
+        log.debug("Access log and statsd request metrics through Logger.access: %s", why)
+        contract = RequestContract(app, hook_worker, pre, post, logger_access=True)
+        return contract, contract
+    line = writer = statsd = None
+    if log.access_log_enabled:
+        line = AccessFormat(cfg.access_log_format, log)
+        writer = AccessLogWriter(log.access_log, lambda: log.access_log_enabled)
+    if type(log) is Statsd:
+        statsd = StatsdRequests(log)
+    log.debug("Access log and statsd request metrics made by gilworker: %s", why)
+    contract = RequestContract(
+        app, hook_worker, pre, post, logger_access=False, line=line, writer=writer, statsd=statsd
+    )
+    return contract, contract

@@ -23,6 +23,7 @@ class Topology:
     def __init__(self, arbiter: Any, decision: Decision) -> None:
         self.arbiter = arbiter
         self.decision = decision
+        self.warned: set[str] = set()  # a HUP to the same configuration warns of nothing new
 
     # -- entering ---------------------------------------------------------------------------
 
@@ -37,6 +38,10 @@ class Topology:
             len(os.sched_getaffinity(0)),
             self.thread_mode,
         ):
+            if level == "warning":
+                if line in self.warned:
+                    continue
+                self.warned.add(line)
             getattr(log, level)(line)
 
     def event_loops_wanted(self) -> int:

@@ -68,6 +68,13 @@ async def http(scope, receive, send):
         await asyncio.sleep(float(query["s"][0]))
         await send({"type": "http.response.body", "body": b"late body"})
         return
+    if path == "/status":  # ?code=C&body=N: N bytes of body, announced, whatever C and the method
+        size = int(query.get("body", ["0"])[0])
+        headers = [(b"content-type", b"text/plain"), (b"content-length", b"%d" % size)]
+        code = int(query["code"][0])
+        await send({"type": "http.response.start", "status": code, "headers": headers})
+        await send({"type": "http.response.body", "body": b"x" * size})
+        return
     if path == "/crash":  # ends this worker's event loop: the worker dies, as by a bug
         asyncio.get_running_loop().call_soon(crash)
     elif path == "/segfault":  # a real SIGSEGV in C, as a buggy extension would cause
