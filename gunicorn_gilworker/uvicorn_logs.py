@@ -39,8 +39,9 @@ class QuietLifecycle(logging.Filter):
     of what is replaced."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.msg == MAX_REQUESTS and record.threadName.startswith(WORKER_THREAD):
-            worker = record.threadName[len(WORKER_THREAD) :]
+        thread = record.threadName or ""
+        if record.msg == MAX_REQUESTS and thread.startswith(WORKER_THREAD):
+            worker = thread[len(WORKER_THREAD) :]
             record.msg = "Maximum request limit of %d exceeded: worker thread %s is replaced."
             record.args = (*record.args, worker)  # type: ignore[misc]
             return True
