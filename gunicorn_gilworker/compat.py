@@ -104,13 +104,13 @@ SETTINGS: dict[str, tuple[Kind, str]] = {
     "header_map": (NA, "maps headers into a WSGI environ; ASGI passes every header as sent"),
     "root_path": (M, "uvicorn's root_path"),
     # Logging
-    "accesslog": (H, "gunicorn's Logger.access, per request (uvicorn's access log is off)"),
+    "accesslog": (H, "gunicorn's line, per request, through its handlers (uvicorn's log is off)"),
     "disable_redirect_access_to_syslog": (H, "gunicorn's logger"),
     "access_log_format": (H, "gunicorn's atoms, filled as -k asgi fills them"),
     "errorlog": (H, "gunicorn's logger; uvicorn's messages go to it; crash tracebacks too"),
     "loglevel": (H, "gunicorn's logger, and uvicorn's"),
     "capture_output": (H, "gunicorn's logger"),
-    "logger_class": (H, "gunicorn's; its access() is called per request"),
+    "logger_class": (H, "gunicorn's; a custom class gets its access() called per request"),
     "logconfig": (H, "gunicorn's logger"),
     "logconfig_dict": (H, "gunicorn's logger"),
     "logconfig_json": (H, "gunicorn's logger"),
@@ -178,6 +178,7 @@ SETTINGS: dict[str, tuple[Kind, str]] = {
     "control_socket_disable": (H, "gunicornc"),
     # gilworker's own
     "gil_mode": (H, "gilworker's"),
+    "gil_app": (H, "gilworker's"),
     "max_restarts": (H, "gilworker's"),
     "restart_window": (H, "gilworker's"),
     "header_timeout": (H, "gilworker's"),

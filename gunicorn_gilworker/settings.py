@@ -44,6 +44,37 @@ class GilMode(Setting):
         """
 
 
+APP_SCOPES = ("auto", "shared", "per-loop")
+
+
+def validate_gil_app(value: object) -> str:
+    if value is None:
+        return "auto"
+    scope = value.strip().lower() if isinstance(value, str) else value
+    if scope not in APP_SCOPES:
+        raise ValueError(f"gil_app must be one of {', '.join(APP_SCOPES)}; got {value!r}")
+    return scope
+
+
+class GilApp(Setting):
+    name = "gil_app"
+    section = "Worker Processes"
+    cli = ["--gil-app"]  # noqa: RUF012  (gunicorn reads it as a plain list)
+    meta = "STRING"
+    validator = validate_gil_app
+    default = "auto"
+    desc = """\
+        gilworker: with workers as threads, whether the event loops share one app object.
+
+        ``shared``: every event loop of a process serves the one app object imported once.
+        ``per-loop``: each event loop builds its own app object (from the app's factory when
+        gunicorn is given one, ``module:create_app``; else by running the app's module again
+        for the loop, its imports staying shared), for apps that keep what their lifespan
+        makes on the app object. ``auto`` is ``per-loop`` for Litestar and ``shared``
+        otherwise. Processes always have their own app.
+        """
+
+
 def validate_non_negative(name: str, kind: type) -> Callable[[object], int | float]:
     def validate(value: object) -> int | float:
         try:

@@ -24,10 +24,12 @@ from uvicorn.config import Config
 from uvicorn.protocols.websockets.auto import AutoWebSocketsProtocol
 from uvicorn.server import ServerState
 
+from gunicorn_gilworker.app_per_loop import app_for_loop, app_scope, is_factory
 from gunicorn_gilworker.compat import unserved
 from gunicorn_gilworker.connection import ConnectionLayer, ProxyPolicy
 from gunicorn_gilworker.faults import write_tracebacks_on_crash
 from gunicorn_gilworker.interpreter import hold_shared_dict_keys
+from gunicorn_gilworker.lifespan import bounded, shutdown_bound
 from gunicorn_gilworker.request.contract import with_request_contract
 from gunicorn_gilworker.request.forwarded import ForwardedHeaders
 from gunicorn_gilworker.request.limits import HeadLimits, limited_websocket
@@ -47,6 +49,7 @@ class GilWorker(Worker):
 
     runs_under_gil_arbiter = True  # registration.py swaps gunicorn's Arbiter for GilArbiter
     sockets: list[Any]  # gunicorn's listeners (its Worker sets them)
+    wsgi: Any  # the app gunicorn loaded (its Worker sets it), or this loop's own
     exit_status = 0  # set by abort(): uvicorn turns an exception raised in a request into a 500
 
     def __init__(
@@ -186,6 +189,12 @@ class GilWorker(Worker):
         config, cfg = self.config, self.cfg
         config.app = self.wsgi
         config.load()  # uvicorn's app chain; gunicorn's layers go around it
+        config.lifespan_class = bounded(
+            config.lifespan_class,
+            bound=shutdown_bound(cfg.graceful_timeout),
+            worker=f"Worker {self.runs_as} {self.pid}",
+            log=self.log,
+        )
         if cfg.is_ssl:
             config.ssl = tls_context(cfg)
         config.loaded_app, contract = with_request_contract(
@@ -217,7 +226,22 @@ class GilWorker(Worker):
             # again: log it once, and end as gunicorn ends a worker that failed to boot.
             self.log.exception("Exception in worker %s", self.runs_as)
             sys.exit(Arbiter.WORKER_BOOT_ERROR)
-        refuse_wsgi(self.wsgi)
+        app: Any = self.wsgi
+        refuse_wsgi(app)
+        per_loop = app_scope(self.cfg.gil_app, app)[0] == "per-loop"
+        if self.runs_as == "thread" and per_loop and not is_factory(app):
+            self.wsgi = self._own_app(app)
+
+    def _own_app(self, shared: Any) -> Any:
+        """This event loop's own app object (app_per_loop.py), or the shared one if gunicorn
+        was given no `module:name` to make it anew from (a custom Application)."""
+        uri = getattr(self.app, "app_uri", None)
+        if not uri:
+            self.log.warning(
+                "gilworker: the app cannot be built per event loop (no module:name): shared"
+            )
+            return shared
+        return app_for_loop(uri)
 
     @classmethod
     def check_config(cls, cfg: Any, log: Any) -> None:

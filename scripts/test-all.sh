@@ -6,6 +6,7 @@
 #   - Python 3.10 with the lowest versions pyproject admits (gunicorn 27.0.0, uvicorn 0.53.0,
 #     httptools 0.6.4, uvloop 0.21.0)
 #   - Python 3.12 and 3.13 (GIL builds), newest versions
+#   - a free-threaded 3.14 (python3.14t), if one is on the PATH
 #
 #   bash scripts/test-all.sh            # what .ci/run runs
 #   bash scripts/test-all.sh -k hooks   # extra arguments go to pytest
@@ -80,7 +81,9 @@ PY310="$(find_python 3.10)"
 PY312="$(find_python 3.12)"
 PY313="$(find_python 3.13)"
 
-GIL_VENV="$(make_venv gil "$GIL_PYTHON" ".[test,fast,check]")" || exit 1
+# Litestar's msgspec has no 3.13t wheel: tests/test_frameworks.py runs on the GIL builds
+FRAMEWORKS=("litestar")
+GIL_VENV="$(make_venv gil "$GIL_PYTHON" ".[test,fast,check]" "${FRAMEWORKS[@]}")" || exit 1
 FT_VENV="$(make_venv freethreaded "$FT_PYTHON" -e ".[test,fast]")" || exit 1
 
 failed=0
@@ -92,10 +95,15 @@ log "mypy"
 run_suite "GIL build" "$GIL_VENV" "$@" || failed=1
 run_suite "free-threaded build" "$FT_VENV" "$@" || failed=1
 
-LOW_VENV="$(make_venv py310-lowest "$PY310" ".[test,fast]" "${LOWEST[@]}")" || exit 1
+LOW_VENV="$(make_venv py310-lowest "$PY310" ".[test,fast]" "${LOWEST[@]}" "${FRAMEWORKS[@]}")" || exit 1
 run_suite "Python 3.10, lowest versions (${LOWEST[*]})" "$LOW_VENV" "$@" || failed=1
 for leg in "3.12:$PY312" "3.13:$PY313"; do
-    venv="$(make_venv "py${leg%%:*}" "${leg#*:}" ".[test,fast]")" || exit 1
+    venv="$(make_venv "py${leg%%:*}" "${leg#*:}" ".[test,fast]" "${FRAMEWORKS[@]}")" || exit 1
     run_suite "Python ${leg%%:*}" "$venv" "$@" || failed=1
 done
+# A free-threaded 3.14 on the PATH (what users deploy) gets the suite too, Litestar included
+if PY314T="$(command -v python3.14t)"; then
+    venv="$(make_venv py314t "$PY314T" ".[test,fast]" "${FRAMEWORKS[@]}")" || exit 1
+    run_suite "free-threaded Python 3.14" "$venv" "$@" || failed=1
+fi
 exit "$failed"

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
+import socket
+import time
 
 import pytest
 from server import (
@@ -27,6 +30,48 @@ def test_sigterm_finishes_in_flight_requests_and_exits_zero(gunicorn, topology):
     assert master.wait() == 0
     client.join(20)
     assert results[0].status == 200
+
+
+def test_after_sigterm_new_connections_are_refused_while_a_request_finishes(gunicorn, topology):
+    # A load balancer retries a refused connection; one accepted and then reset fails a user.
+    master = gunicorn.start(topology=topology, workers=1)
+    client, results = background_request(gunicorn.port, "/sleep?s=5", timeout=20)
+    master.wait_log(r"sleep request started")  # in flight for 5 s
+    master.signal(signal.SIGTERM)
+    termed = time.monotonic()
+    probes = []
+    for at in (0.1, 0.5, 1.0, 2.0, 3.0, 4.0):  # seconds after TERM, as a client would come
+        time.sleep(max(0.0, termed + at - time.monotonic()))  # the probe's time, not a wait
+        try:
+            with socket.create_connection(("127.0.0.1", gunicorn.port), timeout=2) as probe:
+                probe.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+                probes.append(f"accepted at +{at}s")
+        except ConnectionRefusedError:
+            probes.append("refused")
+    client.join(20)
+    assert results[0].status == 200  # the in-flight request finished
+    assert probes == ["refused"] * 6
+    assert master.wait() == 0
+
+
+def test_a_lifespan_shutdown_that_never_ends_is_named_and_the_stop_goes_on(gunicorn, topology):
+    # the app's shutdown gets half of --graceful-timeout (at most 5 s): 2 s here
+    master = gunicorn.start(
+        "--graceful-timeout", "4", app="hanging_shutdown:app", topology=topology, workers=1
+    )
+    master.signal(signal.SIGTERM)
+    assert master.wait() == 0
+    said = re.findall(r"Worker (?:thread|process) \d+: the app's lifespan shutdown .*", master.log)
+    assert len(said) == topology.threads, master.log
+    assert all(
+        re.search(
+            r"did not finish within 2 s; it waits at apps/hanging_shutdown.py:\d+ in app > "
+            r"apps/hanging_shutdown.py:\d+ in wait_for_ever > .*; stopping without it$",
+            line,
+        )
+        for line in said
+    ), said
+    assert "WORKER TIMEOUT" not in master.log and "Traceback" not in master.log
 
 
 @pytest.mark.parametrize(

@@ -13,7 +13,8 @@ gunicorn gave it), gilworker makes the same line itself:
   handlers gunicorn set up (its file or stream under the handler's lock, a syslog handler a
   record at a time), so USR1's reopen, log rotation and syslog work as before, and N loops
   sharing one log take its lock once a turn each, not once a request.
-- `StatsdRequests`: the three packets `Statsd.access` sends, with or without an access log.
+- `StatsdRequests`: the three metrics `Statsd.access` sends, with or without an access log,
+  those of a loop turn in one datagram (or a few).
 
 `access_path()` says which path a worker takes and why; anything else keeps `Logger.access`.
 """
@@ -157,7 +158,9 @@ class AccessFormat:
     `Logger.access()` would log for the same request and response."""
 
     def __init__(self, fmt: str, log: Any, pid: int | None = None) -> None:
-        self.fmt = fmt
+        # A copy made by this worker's thread: every request reads it, and on a free-threaded
+        # build each read of an object another thread made is an atomic count shared by all.
+        self.fmt = fmt.encode("utf-8", "surrogatepass").decode("utf-8", "surrogatepass")
         self.log = log  # for the `u` atom's decoding of Basic credentials
         plain = _plain_atoms(f"<{os.getpid() if pid is None else pid}>", _Clock())
         self.plain: list[tuple[str, Getter]] = []  # (key in the format, its getter)
@@ -348,7 +351,12 @@ def _writes_the_line_alone(handler: Any) -> bool:
 
 
 class StatsdRequests:
-    """The packets `Statsd.access` sends for a request, in its order and format."""
+    """The metrics `Statsd.access` sends for a request, in its order and format, sent once per
+    loop turn: a turn's metrics go together, newline-separated, in datagrams of at most
+    `DATAGRAM_BYTES` (as statsd, DogStatsD, Telegraf and statsd_exporter read them), where
+    `Statsd.access` sends a datagram per metric: three system calls a request."""
+
+    DATAGRAM_BYTES = 1432  # what fits one Ethernet frame's UDP payload with room for options
 
     def __init__(self, log: Any) -> None:
         self.log = log
@@ -356,24 +364,44 @@ class StatsdRequests:
         self.tail = b"|#" + tags.encode("ascii") if tags else b""
         self.duration = f"{prefix}gunicorn.request.duration:"
         self.prefix = prefix
-        self.requests = self._packet(f"{prefix}gunicorn.requests:1|c|@1.0")
+        self.requests = self._metric(f"{prefix}gunicorn.requests:1|c|@1.0")
         self.statuses: dict[int, bytes] = {}
+        self.pending: list[bytes] = []
+        self.loop: asyncio.AbstractEventLoop | None = None
 
-    def _packet(self, text: str) -> bytes:
+    def _metric(self, text: str) -> bytes:
         return text.encode("ascii") + self.tail
 
     def send(self, status: int, rt: timedelta) -> None:
-        sock = self.sock
-        if sock is None:
+        if self.sock is None:
             return
-        packet = self.statuses.get(status)
-        if packet is None:
-            packet = self.statuses[status] = self._packet(
+        status_metric = self.statuses.get(status)
+        if status_metric is None:
+            status_metric = self.statuses[status] = self._metric(
                 f"{self.prefix}gunicorn.request.status.{status}:1|c|@1.0"
             )
         milliseconds = rt.seconds * 1000 + float(rt.microseconds) / 10**3
-        for data in (self._packet(f"{self.duration}{milliseconds}|ms"), self.requests, packet):
-            try:
-                sock.send(data)
-            except Exception:
-                Logger.warning(self.log, "Error sending message to statsd", exc_info=True)
+        pending = self.pending
+        if not pending:
+            loop = self.loop
+            if loop is None:
+                loop = self.loop = asyncio.get_running_loop()
+            loop.call_soon(self.flush)
+        pending += (self._metric(f"{self.duration}{milliseconds}|ms"), self.requests, status_metric)
+
+    def flush(self) -> None:
+        metrics, self.pending = self.pending, []
+        datagram = b""
+        for metric in metrics:
+            if datagram and len(datagram) + 1 + len(metric) > self.DATAGRAM_BYTES:
+                self._send(datagram)
+                datagram = b""
+            datagram = datagram + b"\n" + metric if datagram else metric
+        if datagram:
+            self._send(datagram)
+
+    def _send(self, datagram: bytes) -> None:
+        try:
+            self.sock.send(datagram)
+        except Exception:
+            Logger.warning(self.log, "Error sending message to statsd", exc_info=True)

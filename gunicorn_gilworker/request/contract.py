@@ -218,6 +218,8 @@ class RequestContract:
         """Write what the last loop turn left: the worker is done serving."""
         if self.writer is not None:
             self.writer.close()
+        if self.statsd is not None:
+            self.statsd.flush()
 
 
 # RFC 9110: a response to HEAD, a 1xx, 204 or 304 has no body; -k asgi drops what the app sends

@@ -199,6 +199,11 @@ class ProcessOfThreads(Worker):
         if self.stopping == "abort":
             return
         quick = self.stopping == "quick"
+        # This process's copies of the listeners, kept to start threads: no thread starts now.
+        # Open, they keep the socket listening after every thread closed its own, and the
+        # kernel would accept connections that nobody serves, then reset them at exit.
+        for listener in self.sockets:
+            listener.close()
         self.supervisor.deliver_all(signal.SIGQUIT if quick else signal.SIGTERM)
         self.supervisor.wait(timeout=2.0 if quick else self.cfg.graceful_timeout)
 
