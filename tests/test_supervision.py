@@ -200,6 +200,8 @@ def test_hup_under_load_serves_new_code_and_fails_no_request(gunicorn, topology,
     print(f"HUP under load ({topology}): {load.report()}")
     assert load.errors == [] and load.non_2xx == 0, load.report()
     assert {json.loads(b)["version"] for b in load.bodies[after:]} == {2}
+    if topology.loop_threads:  # the master imports the app for its threads: once more now
+        assert "gilworker: the app's module will be imported anew" in master.log
 
 
 def test_reload_on_file_change_serves_new_code(gunicorn, topology, tmp_path):
