@@ -6,6 +6,8 @@ Some keep it on the app object itself: Litestar's `app.state` and the exit stack
 emitter are one per app, so with N event loops the last loop to start overwrites the others'
 objects (a loop then uses another loop's database pool) and a shutdown exits a context another
 loop's task entered ("Attempted to exit cancel scope in a different task"), hanging the stop.
+Quart keeps its `while_serving` generators and background tasks on the app, and its users their
+`before_serving` objects (`app.db = ...`): the same.
 
 `--gil-app per-loop` gives each event loop its own app object: from the app's factory where
 gunicorn is given one (`module:create_app`, which uvicorn calls once per worker), else by running
@@ -27,7 +29,7 @@ from gunicorn.util import import_app
 AppScope = Literal["shared", "per-loop"]
 
 # Top-level packages whose app objects keep their lifespan's objects on themselves
-PER_LOOP_FRAMEWORKS = frozenset({"litestar"})
+PER_LOOP_FRAMEWORKS = frozenset({"litestar", "quart"})
 
 _importing = threading.Lock()  # one loop at a time runs the module again: sys.modules is shared
 

@@ -70,8 +70,8 @@ class GilApp(Setting):
         ``per-loop``: each event loop builds its own app object (from the app's factory when
         gunicorn is given one, ``module:create_app``; else by running the app's module again
         for the loop, its imports staying shared), for apps that keep what their lifespan
-        makes on the app object. ``auto`` is ``per-loop`` for Litestar and ``shared``
-        otherwise. Processes always have their own app.
+        makes on the app object. ``auto`` is ``per-loop`` for Litestar and Quart and
+        ``shared`` otherwise. Processes always have their own app.
         """
 
 

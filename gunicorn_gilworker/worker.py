@@ -219,6 +219,11 @@ class GilWorker(Worker):
     def load_wsgi(self) -> None:
         try:
             super().load_wsgi()
+            app: Any = self.wsgi
+            refuse_wsgi(app)
+            per_loop = app_scope(self.cfg.gil_app, app)[0] == "per-loop"
+            if self.runs_as == "thread" and per_loop and not is_factory(app):
+                self.wsgi = self._own_app(app)
         except AppImportError:
             raise
         except Exception:
@@ -226,11 +231,6 @@ class GilWorker(Worker):
             # again: log it once, and end as gunicorn ends a worker that failed to boot.
             self.log.exception("Exception in worker %s", self.runs_as)
             sys.exit(Arbiter.WORKER_BOOT_ERROR)
-        app: Any = self.wsgi
-        refuse_wsgi(app)
-        per_loop = app_scope(self.cfg.gil_app, app)[0] == "per-loop"
-        if self.runs_as == "thread" and per_loop and not is_factory(app):
-            self.wsgi = self._own_app(app)
 
     def _own_app(self, shared: Any) -> Any:
         """This event loop's own app object (app_per_loop.py), or the shared one if gunicorn

@@ -81,10 +81,10 @@ PY310="$(find_python 3.10)"
 PY312="$(find_python 3.12)"
 PY313="$(find_python 3.13)"
 
-# Litestar's msgspec has no 3.13t wheel: tests/test_frameworks.py runs on the GIL builds
-FRAMEWORKS=("litestar")
+# The frameworks of tests/test_frameworks.py; Litestar's msgspec has no 3.13t wheel
+FRAMEWORKS=("litestar" "quart")
 GIL_VENV="$(make_venv gil "$GIL_PYTHON" ".[test,fast,check]" "${FRAMEWORKS[@]}")" || exit 1
-FT_VENV="$(make_venv freethreaded "$FT_PYTHON" -e ".[test,fast]")" || exit 1
+FT_VENV="$(make_venv freethreaded "$FT_PYTHON" -e ".[test,fast]" "quart")" || exit 1
 
 failed=0
 log "ruff"

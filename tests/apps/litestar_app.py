@@ -10,7 +10,7 @@ from litestar import Litestar, Request, get
 
 
 def record(event: str, app: Litestar) -> None:
-    entry = {"hook": f"litestar_{event}", "pid": os.getpid(), "app": id(app)}
+    entry = {"hook": f"app_{event}", "pid": os.getpid(), "app": id(app)}
     entry["thread"] = threading.current_thread().name
     with open(os.environ["HOOK_LOG"], "a") as log:
         log.write(json.dumps(entry) + "\n")
