@@ -182,6 +182,7 @@ SETTINGS: dict[str, tuple[Kind, str]] = {
     "max_restarts": (H, "gilworker's"),
     "restart_window": (H, "gilworker's"),
     "header_timeout": (H, "gilworker's"),
+    "stall_warning": (H, "gilworker's"),
 }
 
 

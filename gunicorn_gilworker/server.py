@@ -22,6 +22,7 @@ from uvicorn.server import ServerState
 from gunicorn_gilworker.accepting import FD_ERRORS, AcceptGate
 from gunicorn_gilworker.client_noise import ClientNoise, client_noise
 from gunicorn_gilworker.request.drain import Drain
+from gunicorn_gilworker.stall_watch import LoopBeat, StallWatch
 from gunicorn_gilworker.upstream import (
     connections,
     handle_callback_name,
@@ -56,6 +57,11 @@ class WorkerServer(uvicorn.Server):
         self.gate = AcceptGate(self, worker_connections, log)
         self.log = log
         self.spares: list[socket.socket] = []  # a dup of each listener, to listen again
+        self.stalls: tuple[StallWatch, LoopBeat] | None = None  # --stall-warning's watch
+
+    def watch_stalls(self, watch: StallWatch, beat: LoopBeat) -> None:
+        """Have `watch` warn when this server's loop stops turning, once it serves."""
+        self.stalls = (watch, beat)
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
@@ -73,14 +79,20 @@ class WorkerServer(uvicorn.Server):
         self.gate.start()  # before the first connection
         await super().startup(sockets=sockets)
         if self.started:
+            if self.stalls is not None:
+                watch, beat = self.stalls
+                beat.started(self.loop)
+                watch.watch(beat)
             self.serving()
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         # A graceful stop drains keep-alive connections first (drain.py): uvicorn's shutdown
         # would close the idle ones at once, under a client that has just sent its request.
+        if self.stalls is not None:  # no turns while it drains and closes: not a stall
+            watch, beat = self.stalls
+            watch.forget(beat)
         self.gate.stop()
-        for spare in self.spares:
-            spare.close()
+        self._close_spares()
         if not self.force_exit:
             self.stop_accepting()
             open_connections = connections(server_state_of(self))
@@ -91,6 +103,8 @@ class WorkerServer(uvicorn.Server):
 
     async def on_tick(self, counter: int) -> bool:
         now = time.monotonic()
+        if self.stalls is not None:
+            self.stalls[1].turned = now
         self.gate.tick(now)
         self.noise.flush(now)
         return await super().on_tick(counter)
@@ -100,6 +114,11 @@ class WorkerServer(uvicorn.Server):
     def stop_accepting(self) -> None:
         for server in listening_servers(self):
             server.close()
+
+    def _close_spares(self) -> None:
+        for spare in self.spares:
+            spare.close()
+        self.spares = []
 
     def accept_again(self) -> None:
         if not self.should_exit and self.loop is not None:
@@ -152,5 +171,8 @@ class WorkerServer(uvicorn.Server):
         self.should_exit = True
         self.force_exit = self.force_exit or force
         # Stop accepting now, not at uvicorn's next tick (up to 0.1 s later): a successor, or
-        # the other workers, take the new connections meanwhile.
+        # the other workers, take the new connections meanwhile. The spare copies too: open,
+        # they keep the socket listening after the last server closed it (at a master's stop),
+        # and the kernel would take connections that nobody accepts, then reset them.
         self.stop_accepting()
+        self._close_spares()

@@ -153,3 +153,19 @@ def check_combination(cfg: Any) -> None:
             f"--threads must be at least 1 with gilworker (event-loop threads per worker "
             f"process); got {cfg.threads}"
         )
+
+
+class StallWarning(Setting):
+    name = "stall_warning"
+    section = "Logging"
+    cli = ["--stall-warning"]  # noqa: RUF012  (gunicorn reads it as a plain list)
+    meta = "SECONDS"
+    validator = validate_non_negative("stall_warning", float)
+    default = 1.0
+    desc = """\
+        gilworker: warn when an event loop has not turned for this long (0: never).
+
+        The warning names the worker, the request its loop runs and the Python stack of its
+        thread (where the blocking call is); a second line says when the loop turns again and
+        how long it was blocked. Past 5 stalls a minute, each further one is one line.
+        """

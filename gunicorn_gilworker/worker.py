@@ -35,6 +35,7 @@ from gunicorn_gilworker.request.forwarded import ForwardedHeaders
 from gunicorn_gilworker.request.limits import HeadLimits, limited_websocket
 from gunicorn_gilworker.server import WorkerServer
 from gunicorn_gilworker.stack import stack_of
+from gunicorn_gilworker.stall_watch import LoopBeat, Serving, stall_watch
 from gunicorn_gilworker.supervision import thread_id, when_aborted
 from gunicorn_gilworker.upstream import gil_enabled
 from gunicorn_gilworker.uvicorn_logs import count_uvicorn_client_noise, route_uvicorn_log
@@ -204,6 +205,10 @@ class GilWorker(Worker):
             self,
             self.hook_worker,
         )
+        if cfg.stall_warning > 0:
+            beat = LoopBeat(f"Worker {self.runs_as} {self.pid}")
+            config.loaded_app = Serving(config.loaded_app, beat)
+            self.server.watch_stalls(stall_watch(self.log, cfg.stall_warning), beat)
         # The plain sockets: uvicorn closes what it served on, and gunicorn's wrapper would log
         # the second close (the master closes its own copies itself).
         try:
