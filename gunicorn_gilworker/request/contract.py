@@ -138,6 +138,9 @@ def decoded(headers: Any) -> list[tuple[str, str]]:
 
 
 class RequestContract:
+    """The app, wrapped: the hooks around it, its response followed (status, headers, body bytes
+    sent), and the access line, statsd metrics or `Logger.access` once it has answered."""
+
     def __init__(
         self,
         app: Any,
