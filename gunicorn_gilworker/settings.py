@@ -17,13 +17,21 @@ from gunicorn.errors import ConfigError
 GIL_MODES = ("auto", "thread", "process")
 
 
-def validate_gil_mode(value: object) -> str:
-    if value is None:
-        return "auto"
-    mode = value.strip().lower() if isinstance(value, str) else value
-    if mode not in GIL_MODES:
-        raise ValueError(f"gil_mode must be one of {', '.join(GIL_MODES)}; got {value!r}")
-    return mode
+def validate_choice(name: str, choices: tuple[str, ...]) -> Callable[[object], str]:
+    """A validator of one of `choices` (any case, spaces around it), the first when unset."""
+
+    def validate(value: object) -> str:
+        if value is None:
+            return choices[0]
+        choice = value.strip().lower() if isinstance(value, str) else value
+        if choice not in choices:
+            raise ValueError(f"{name} must be one of {', '.join(choices)}; got {value!r}")
+        return choice  # type: ignore[return-value]
+
+    return validate
+
+
+validate_gil_mode = validate_choice("gil_mode", GIL_MODES)
 
 
 class GilMode(Setting):
@@ -47,13 +55,7 @@ class GilMode(Setting):
 APP_SCOPES = ("auto", "shared", "per-loop")
 
 
-def validate_gil_app(value: object) -> str:
-    if value is None:
-        return "auto"
-    scope = value.strip().lower() if isinstance(value, str) else value
-    if scope not in APP_SCOPES:
-        raise ValueError(f"gil_app must be one of {', '.join(APP_SCOPES)}; got {value!r}")
-    return scope
+validate_gil_app = validate_choice("gil_app", APP_SCOPES)
 
 
 class GilApp(Setting):

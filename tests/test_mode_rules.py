@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from gunicorn_gilworker.mode import decide, gil_cause, needs_app_import
-from gunicorn_gilworker.settings import validate_gil_mode
+from gunicorn_gilworker.settings import validate_gil_app, validate_gil_mode
 
 
 @pytest.mark.parametrize(
@@ -71,6 +71,16 @@ def test_validate_gil_mode(value, expected):
 def test_validate_gil_mode_refuses(value):
     with pytest.raises(ValueError, match=r"^gil_mode must be one of auto, thread, process; got "):
         validate_gil_mode(value)
+
+
+def test_validate_gil_app():
+    assert [validate_gil_app(v) for v in (None, " Per-Loop ", "shared")] == [
+        "auto",
+        "per-loop",
+        "shared",
+    ]
+    with pytest.raises(ValueError, match=r"^gil_app must be one of auto, shared, per-loop; got "):
+        validate_gil_app("perloop")
 
 
 @pytest.mark.parametrize(
