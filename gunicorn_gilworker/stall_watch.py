@@ -124,6 +124,10 @@ class StallWatch:
                 beat.stalled_since = None
 
     def _stalled(self, beat: LoopBeat, blocked: float) -> None:
+        self.log.debug(  # a statsd counter, as gunicorn's logger sends one from `extra`
+            "event loop stalled",
+            extra={"metric": "gilworker.loop_stalls", "value": 1, "mtype": "counter"},
+        )
         now = time.monotonic()
         self.stalls = [t for t in self.stalls if now - t < 60] + [now]
         what = beat.request()

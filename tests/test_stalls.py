@@ -5,16 +5,18 @@ from __future__ import annotations
 
 import re
 
-from server import background_request, request
+from server import Statsd, background_request, request
 
 WARNING = r"Worker (?:thread|process) (\d+): its event loop has not turned for [\d.]+ s"
 
 
 def test_a_blocked_loop_is_named_with_its_request_and_stack(gunicorn, topology):
-    master = gunicorn.start(topology=topology, workers=1)
-    client, results = background_request(gunicorn.port, "/csleep?s=2&why=stall", timeout=20)
-    master.wait_log(WARNING)
-    assert results == []  # said while the loop was still blocked, not after
+    with Statsd() as statsd:
+        master = gunicorn.start("--statsd-host", statsd.host, topology=topology, workers=1)
+        client, results = background_request(gunicorn.port, "/csleep?s=2&why=stall", timeout=20)
+        master.wait_log(WARNING)
+        assert results == []  # said while the loop was still blocked, not after
+        statsd.wait(lambda got: "gilworker.loop_stalls:1|c|@1.0" in got, 10, "the stall counted")
     line = master.log[re.search(WARNING, master.log).start() :]
     assert ", running GET /csleep; its thread's stack (most recent call first):" in line
     stack = line.split("\n")[1:8]
