@@ -18,15 +18,12 @@ known to keep lifespan objects on the app (`PER_LOOP_FRAMEWORKS`) and shares the
 
 from __future__ import annotations
 
-import importlib
 import inspect
 import sys
 import threading
-from typing import Any, Literal
+from typing import Any
 
 from gunicorn.util import import_app
-
-AppScope = Literal["shared", "per-loop"]
 
 # Top-level packages whose app objects keep their lifespan's objects on themselves
 PER_LOOP_FRAMEWORKS = frozenset({"litestar", "quart"})
@@ -34,22 +31,23 @@ PER_LOOP_FRAMEWORKS = frozenset({"litestar", "quart"})
 _importing = threading.Lock()  # one loop at a time runs the module again: sys.modules is shared
 
 
-def app_scope(choice: str, app: Any) -> tuple[AppScope, str]:
-    """Whether the event loops of a process share `app` or each builds its own, and why."""
-    kind = f"{type(app).__module__}.{type(app).__qualname__}"
-    if choice == "shared":
-        return "shared", "--gil-app shared"
+def own_app_reason(choice: str, app: Any) -> str | None:
+    """Why each event loop of a process must build `app` anew (`app_for_loop`); None where the
+    loops share it, or where it is a factory, which uvicorn already calls once per worker."""
+    if choice == "shared" or is_factory(app):
+        return None
     if choice == "per-loop":
-        return "per-loop", "--gil-app per-loop"
-    if type(app).__module__.partition(".")[0] in PER_LOOP_FRAMEWORKS:
-        return "per-loop", f"{kind} keeps its lifespan's objects on the app"
-    return "shared", "the app keeps no lifespan objects of its own that gilworker knows of"
+        return "--gil-app per-loop"
+    kind = type(app)
+    if kind.__module__.partition(".")[0] in PER_LOOP_FRAMEWORKS:
+        return f"{kind.__module__}.{kind.__qualname__} keeps its lifespan's objects on the app"
+    return None
 
 
 def start_up_line(choice: str, app: Any) -> str | None:
     """The start-up line for thread topologies, where the loops do not share the app."""
-    scope, why = app_scope(choice, app)
-    if scope == "shared":
+    why = own_app_reason(choice, app)
+    if why is None:
         return None
     return (
         f"gilworker: each event loop builds its own app ({why}); the app's module runs once per "
@@ -71,9 +69,6 @@ def app_for_loop(uri: str) -> Any:
                 sys.modules[module_name] = shared
                 if parent is not None:
                     setattr(parent, child, shared)
-            else:
-                sys.modules.pop(module_name, None)
-                importlib.invalidate_caches()
 
 
 def is_factory(app: Any) -> bool:

@@ -24,7 +24,7 @@ from uvicorn.config import Config
 from uvicorn.protocols.websockets.auto import AutoWebSocketsProtocol
 from uvicorn.server import ServerState
 
-from gunicorn_gilworker.app_per_loop import app_for_loop, app_scope, is_factory
+from gunicorn_gilworker.app_per_loop import app_for_loop, own_app_reason
 from gunicorn_gilworker.compat import unserved
 from gunicorn_gilworker.connection import ConnectionLayer, ProxyPolicy
 from gunicorn_gilworker.faults import write_tracebacks_on_crash
@@ -193,7 +193,7 @@ class GilWorker(Worker):
         config.lifespan_class = bounded(
             config.lifespan_class,
             bound=shutdown_bound(cfg.graceful_timeout),
-            worker=f"Worker {self.runs_as} {self.pid}",
+            worker=self.log_name,
             log=self.log,
         )
         if cfg.is_ssl:
@@ -206,7 +206,7 @@ class GilWorker(Worker):
             self.hook_worker,
         )
         if cfg.stall_warning > 0:
-            beat = LoopBeat(f"Worker {self.runs_as} {self.pid}")
+            beat = LoopBeat(self.log_name)
             config.loaded_app = Serving(config.loaded_app, beat)
             self.server.watch_stalls(stall_watch(self.log, cfg.stall_warning), beat)
         # The plain sockets: uvicorn closes what it served on, and gunicorn's wrapper would log
@@ -226,8 +226,7 @@ class GilWorker(Worker):
             super().load_wsgi()
             app: Any = self.wsgi
             refuse_wsgi(app)
-            per_loop = app_scope(self.cfg.gil_app, app)[0] == "per-loop"
-            if self.runs_as == "thread" and per_loop and not is_factory(app):
+            if self.runs_as == "thread" and own_app_reason(self.cfg.gil_app, app):
                 self.wsgi = self._own_app(app)
         except AppImportError:
             raise
@@ -254,9 +253,14 @@ class GilWorker(Worker):
         for line in unserved(cfg):
             log.warning("gilworker: %s", line)
 
+    @property
+    def log_name(self) -> str:
+        """How the worker's log lines name it: "Worker thread 10000001", "Worker process 42"."""
+        return f"Worker {self.runs_as} {self.pid}"
+
     def _serving(self) -> None:
         """The worker's one start-up line, once its lifespan startup is done."""
-        self.log.info("Worker %s %s serving", self.runs_as, self.pid)
+        self.log.info("%s serving", self.log_name)
 
     async def callback_notify(self) -> None:
         self.notify()

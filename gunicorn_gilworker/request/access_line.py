@@ -259,6 +259,30 @@ def access_path(log: Any, fmt: str) -> tuple[AccessPath, str]:
     return "gilworker", "gunicorn's logger with its own handlers"
 
 
+class TurnEnd:
+    """Calls `callback` once at the end of the running loop's turn, however often asked in it."""
+
+    __slots__ = ("callback", "due")
+
+    def __init__(self, callback: Callable[[], object]) -> None:
+        self.callback = callback
+        self.due = False
+
+    def ask(self) -> None:
+        if self.due:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # no loop turns now (its worker has stopped): the caller flushes
+            return
+        self.due = True
+        loop.call_soon(self._run)
+
+    def _run(self) -> None:
+        self.due = False
+        self.callback()
+
+
 class AccessLogWriter:
     """The access lines of one event loop, written once per loop turn (`flush`).
 
@@ -272,17 +296,12 @@ class AccessLogWriter:
         self.logger = logger
         self.enabled = enabled  # whether the access log is on (gunicorn's setting, as reloaded)
         self.pending: list[str] = []
-        self.loop: asyncio.AbstractEventLoop | None = None
+        self.turn_end = TurnEnd(self.flush)
         self.handlerless_since: float | None = None
 
     def write(self, line: str) -> None:
-        pending = self.pending
-        pending.append(line)
-        if len(pending) == 1:
-            loop = self.loop
-            if loop is None:
-                loop = self.loop = asyncio.get_running_loop()
-            loop.call_soon(self.flush)
+        self.pending.append(line)
+        self.turn_end.ask()
 
     def flush(self) -> bool:
         """Write the pending lines; False if they wait for the log's handlers."""
@@ -292,8 +311,7 @@ class AccessLogWriter:
         logger = self.logger
         handlers = list(logger.handlers)  # as they are now: a reload may be changing them
         if not handlers and self.enabled() and self._may_wait():
-            if self.loop is not None and self.loop.is_running():
-                self.loop.call_soon(self.flush)
+            self.turn_end.ask()  # the next turn looks again
             return False
         self.pending, self.handlerless_since = [], None
         if logger.disabled or not logger.isEnabledFor(logging.INFO):
@@ -367,7 +385,7 @@ class StatsdRequests:
         self.requests = self._metric(f"{prefix}gunicorn.requests:1|c|@1.0")
         self.statuses: dict[int, bytes] = {}
         self.pending: list[bytes] = []
-        self.loop: asyncio.AbstractEventLoop | None = None
+        self.turn_end = TurnEnd(self.flush)
 
     def _metric(self, text: str) -> bytes:
         return text.encode("ascii") + self.tail
@@ -381,13 +399,12 @@ class StatsdRequests:
                 f"{self.prefix}gunicorn.request.status.{status}:1|c|@1.0"
             )
         milliseconds = rt.seconds * 1000 + float(rt.microseconds) / 10**3
-        pending = self.pending
-        if not pending:
-            loop = self.loop
-            if loop is None:
-                loop = self.loop = asyncio.get_running_loop()
-            loop.call_soon(self.flush)
-        pending += (self._metric(f"{self.duration}{milliseconds}|ms"), self.requests, status_metric)
+        self.pending += (
+            self._metric(f"{self.duration}{milliseconds}|ms"),
+            self.requests,
+            status_metric,
+        )
+        self.turn_end.ask()
 
     def flush(self) -> None:
         metrics, self.pending = self.pending, []

@@ -206,8 +206,8 @@ class RequestContract:
                 self.log.error(traceback.format_exc())  # as Logger.access reports it
         if self.statsd is not None:
             self.statsd.send(ex.status, request_time)  # type: ignore[arg-type]
-        if request is None:
-            return
+        if request is None or not (self.logger_access or self.post is not None):
+            return  # pre_request alone reads no environ
         environ = request.environ(ex.client)
         if self.logger_access:
             self.log.access(ex, request, environ, request_time)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from gunicorn_gilworker.app_per_loop import is_factory, start_up_line
+from gunicorn_gilworker.app_per_loop import start_up_line
 from gunicorn_gilworker.mode import Decision
 from gunicorn_gilworker.stack import start_up_lines
 from gunicorn_gilworker.upstream import gil_enabled
@@ -46,7 +46,7 @@ class Topology:
             getattr(log, level)(line)
         if self.thread_mode:
             app = self.arbiter.app.wsgi()  # imported by the master for its threads to share
-            scope_line = None if is_factory(app) else start_up_line(self.arbiter.cfg.gil_app, app)
+            scope_line = start_up_line(self.arbiter.cfg.gil_app, app)
             if scope_line:
                 log.info(scope_line)
 
