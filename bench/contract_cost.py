@@ -1,7 +1,7 @@
 """The per-request contract's own cost, in this process: µs per request that RequestContract
 adds around an app that answers at once, with a send that does nothing, for each thing it can
-have to do (the access line, statsd's packets, the request hooks). bench/run.py's
-`contract_cost` section runs it on 3.11; on its own:
+have to do (the access line, statsd's packets, the request hooks, --metrics-bind's counts).
+bench/run.py's `contract_cost` section runs it on 3.11; on its own:
 
     python bench/contract_cost.py
 """
@@ -20,6 +20,7 @@ from gunicorn.config import Config
 from gunicorn.glogging import Logger
 from gunicorn.instrument.statsd import Statsd
 
+from gunicorn_gilworker.operations.measures import LoopMeasures
 from gunicorn_gilworker.request.contract import with_request_contract
 
 REQUESTS = 20_000
@@ -65,7 +66,7 @@ def per_request_us(wrapped) -> float:
     return asyncio.run(run())
 
 
-def contract_for(logfile: str | None, statsd: str | None, hooks: bool):
+def contract_for(logfile: str | None, statsd: str | None, hooks: bool, metrics: bool = False):
     cfg = Config()
     if logfile:
         cfg.set("accesslog", logfile)
@@ -76,7 +77,7 @@ def contract_for(logfile: str | None, statsd: str | None, hooks: bool):
         cfg.set("post_request", lambda worker, req, environ, resp: None)
     log = (Statsd if statsd else Logger)(cfg)
     worker = SimpleNamespace(cfg=cfg, log=log)
-    wrapped, _ = with_request_contract(app, worker, worker)
+    wrapped, _ = with_request_contract(app, worker, worker, LoopMeasures() if metrics else None)
     return wrapped
 
 
@@ -90,6 +91,8 @@ def main() -> None:
             "access log": (log.name, None, False),
             "access log and statsd": (log.name, statsd, False),
             "pre_request and post_request hooks": (None, None, True),
+            "--metrics-bind's counts alone": (None, None, False, True),
+            "access log and --metrics-bind's counts": (log.name, None, False, True),
         }
         bare = per_request_us(app)
         costs = {name: per_request_us(contract_for(*case)) - bare for name, case in cases.items()}

@@ -41,7 +41,16 @@ ACCESS = ("--access-logfile", "/dev/null")  # an access log in gunicorn's defaul
 STATSD_SINK = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 STATSD_SINK.bind(("127.0.0.1", 0))
 STATSD = ("--statsd-host", f"127.0.0.1:{STATSD_SINK.getsockname()[1]}")
-LOCK_WAITS = ("-c", str(HERE / "lock_waits_conf.py"))  # counts waits on the access log's lock
+LOCK_WAITS = ("-c", str(HERE / "lock_waits_conf.py"))
+METRICS = (
+    "--metrics-bind",
+    "127.0.0.1:0",
+)  # any free port: nothing scrapes it during a pair  # counts waits on the access log's lock
+# h2c by prior knowledge from 127.0.0.1 (HTTP/1.1 too: the start-up probe speaks it)
+H2C = ("--http-protocols", "h2,h1", "--http2-cleartext", "both")
+H2C += ("--forwarded-allow-ips", "127.0.0.1")
+H2C_LOG = (*H2C, *ACCESS)
+H2LOAD = ("-c", "8", "-m", "16")
 RESULTS = HERE / "results"
 TICK = os.sysconf("SC_CLK_TCK")
 
@@ -100,6 +109,7 @@ class Setup:
     app: str = "app:app"  # the Starlette bench app; REALISTIC for memory and cold start
     log_level: str = "warning"  # "info" shows when each worker serves (cold start)
     options: tuple[str, ...] = ()  # more gunicorn options (gunicorn-based set-ups)
+    h2: bool = False  # loaded over HTTP/2 (h2c, prior knowledge) by h2load, not wrk
 
     def argv(self, port: int) -> list[str]:
         bind = f"127.0.0.1:{port}"
@@ -255,9 +265,29 @@ def run_wrk(port: int, path: str, seconds: float, connections: int) -> tuple[int
     return int(done.group(1)), out
 
 
+def run_h2load(port: int, path: str, seconds: float) -> tuple[int, str]:
+    """Requests done and h2load's report: 8 connections of 16 concurrent streams each."""
+    url = f"http://127.0.0.1:{port}{path}"
+    out = subprocess.run(
+        ["h2load", *H2LOAD, "-D", str(int(seconds)), url],
+        capture_output=True,
+        text=True,
+        timeout=seconds + 60,
+    ).stdout
+    done = re.search(r"requests: \d+ total, \d+ started, (\d+) done, (\d+) succeeded", out)
+    if not done or done.group(1) != done.group(2) or done.group(1) == "0":
+        raise RuntimeError(f"h2load gave no clean result for {url}:\n{out}")
+    rps = re.search(r"finished in [\d.]+s, ([\d.]+) req/s", out)
+    assert rps is not None
+    return int(done.group(1)), f"Requests/sec: {rps.group(1)}\n"  # as wrk says it
+
+
 def load(server: Server, path: str, seconds: float, connections: int) -> Round:
     cpu0 = cpu_seconds(server.proc.pid)
-    requests, out = run_wrk(server.port, path, seconds, connections)
+    if server.setup.h2:
+        requests, out = run_h2load(server.port, path, seconds)
+    else:
+        requests, out = run_wrk(server.port, path, seconds, connections)
     cpu = cpu_seconds(server.proc.pid) - cpu0
     return Round(
         rps=float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
@@ -382,6 +412,8 @@ SECTIONS = {  # --only's names; a full run runs them all, in this order
     "access_log": "CPU per request with and without the access log (3.11)",
     "contract_cost": "the per-request contract's own µs per request, in-process (3.11)",
     "lock_waits": "waits on the access log's lock, 4 worker threads, Logger.access vs gilworker's",
+    "metrics": "--metrics-bind on/off (3.11 process, 3.13t thread), a scrape after 1,000 recycles",
+    "http2": "HTTP/2 (h2load -c 8 -m 16): gilworker / -k asgi (3.11), thread / process (3.13t)",
     "workloads": "/json /cpu /io /stream with 2 workers, / with 1: thread vs process (3.13t)",
     "users": "default install vs [fast], FastAPI GET and POST, 8 workers (3.13t)",
     "cpu_scaling": "/cpu req/s with 2 worker threads against 1",
@@ -531,6 +563,66 @@ def main() -> None:
         print("waits on the access log's lock, 4 worker threads (3.13t)", flush=True)
         report["lock_waits"] = {
             path: lock_waits(ft, extra, s) for path, extra in LOCK_WAIT_PATHS.items()
+        }
+    if "metrics" in args.only:
+        print("--metrics-bind on / off, access log on for both, hello, 2 workers", flush=True)
+        report["metrics_pairs"] = {
+            # three times the rounds: 6-round medians ranged 1.02-1.10 over four runs, for a
+            # difference of 0.3 µs a request in process (bench/contract_cost.py)
+            "process 3.11, metrics on/off": pair(
+                Setup("process, metrics", gil, "gilworker-process", options=(*ACCESS, *METRICS)),
+                Setup("process, no metrics", gil, "gilworker-process", options=ACCESS),
+                "/",
+                3 * k,
+                2,
+                fresh=True,
+            ),
+            # thread-mode pairs on 3.13t need three times the rounds to be read (see "pairs")
+            "thread 3.13t, metrics on/off": pair(
+                Setup("thread, metrics", ft, "gilworker-thread", options=(*ACCESS, *METRICS)),
+                Setup("thread, no metrics", ft, "gilworker-thread", options=ACCESS),
+                "/",
+                3 * k,
+                2,
+                fresh=True,
+            ),
+        }
+        print("a scrape of 8 workers after 1,000 recycles (bench/metrics_scrape.py)", flush=True)
+        out = subprocess.run(
+            [str(gil / "python"), str(HERE / "metrics_scrape.py"), str(gil), "1000"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        report["metrics_scrape"] = json.loads(out)
+    if "http2" in args.only:
+        print("HTTP/2, h2load -c 8 -m 16, hello, 2 workers", flush=True)
+        report["http2_pairs"] = {
+            "process 3.11/-k asgi, HTTP/2": pair(
+                Setup("process, h2", gil, "gilworker-process", options=H2C, h2=True),
+                Setup("-k asgi, h2", gil, "asgi", options=H2C, h2=True),
+                "/",
+                k,
+                2,
+                fresh=True,
+            ),
+            "process 3.11/-k asgi, HTTP/2, access log": pair(
+                Setup("process, h2, log", gil, "gilworker-process", options=H2C_LOG, h2=True),
+                Setup("-k asgi, h2, log", gil, "asgi", options=H2C_LOG, h2=True),
+                "/",
+                k,
+                2,
+                fresh=True,
+            ),
+            # thread-mode pairs on 3.13t need three times the rounds to be read (see "pairs")
+            "thread/process 3.13t, HTTP/2": pair(
+                Setup("thread, h2", ft, "gilworker-thread", options=H2C, h2=True),
+                Setup("process, h2", ft, "gilworker-process", options=H2C, h2=True),
+                "/",
+                3 * k,
+                2,
+                fresh=True,
+            ),
         }
     if "workloads" in args.only:
         workloads = {}
@@ -724,6 +816,20 @@ def mb_per_thread(section: str) -> Row:
     return lambda r: f"{(r[section]['thread x16'] - r[section]['thread x8']) / 8:.2f}"
 
 
+def ratio_of(pair: dict[str, float]) -> str:
+    return f"{pair['cpu_per_req_us']:.2f}"
+
+
+def scrape_ms(r: dict) -> str:
+    m = r["metrics_scrape"]
+    return (
+        f"{m['scrape_ms_median']:.1f} (max {m['scrape_ms_max']:.1f}; {m['recycles']:.0f} "
+        f"recycles, {m['files']} files; app counter {m['app_counter']:.0f} of "
+        f"{m['requests_answered']} requests; /readyz 503 {m['readyz_503_after_sigterm_ms']:.1f} "
+        "ms after SIGTERM)"
+    )
+
+
 def access_log_cost(r: dict) -> str:
     access = r["access_log"]
     on, off = "gilworker process, access log", "gilworker process, no access log"
@@ -765,6 +871,32 @@ COMPARISONS: list[tuple[str, str, Row]] = [
         paired("thread/process, access log"),
     ),
     ("process (3.11) / gunicorn -k asgi CPU per request", "≤ 0.75", paired("process 3.11/-k asgi")),
+    (
+        "process (3.11) / gunicorn -k asgi CPU per request, HTTP/2 (h2load -c 8 -m 16)",
+        "≤ 0.90",
+        lambda r: ratio_of(r["http2_pairs"]["process 3.11/-k asgi, HTTP/2"]),
+    ),
+    (
+        "process (3.11) / gunicorn -k asgi CPU per request, HTTP/2, access log on for both",
+        "",
+        lambda r: ratio_of(r["http2_pairs"]["process 3.11/-k asgi, HTTP/2, access log"]),
+    ),
+    (
+        "thread / process CPU per request, HTTP/2 (3.13t)",
+        "≤ 1.05",
+        lambda r: ratio_of(r["http2_pairs"]["thread/process 3.13t, HTTP/2"]),
+    ),
+    (
+        "CPU per request, --metrics-bind on / off, process (3.11), access log on",
+        "≤ 1.03",
+        lambda r: ratio_of(r["metrics_pairs"]["process 3.11, metrics on/off"]),
+    ),
+    (
+        "CPU per request, --metrics-bind on / off, thread (3.13t), access log on",
+        "≤ 1.03",
+        lambda r: ratio_of(r["metrics_pairs"]["thread 3.13t, metrics on/off"]),
+    ),
+    ("one scrape of 8 workers after 1,000 recycles, ms", "< 50", scrape_ms),
     ("thread / granian CPU per request (3.13t)", "≤ 1.25", paired("thread/granian")),
     ("PSS thread / process, 8 workers, FastAPI app", "≤ 0.25", pss("thread x8", "process x8")),
     (

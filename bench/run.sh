@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
-# The benchmark in one command: bash bench/run.sh  (about 20 minutes on 2 cores)
+# The benchmark in one command: bash bench/run.sh  (about 30 minutes on 2 cores)
 # Some sections only: bash bench/run.sh --only pairs,memory  (bench/run.py --help lists them)
-# Needs wrk (Debian: apt-get install wrk). Reuses the venvs of scripts/test-all.sh when they exist
-# and adds the servers compared against (uvicorn-worker, granian), FastAPI and matplotlib.
+# Needs wrk and h2load (Debian: apt-get install wrk nghttp2-client). Reuses the venvs of
+# scripts/test-all.sh when they exist and adds the servers compared against (uvicorn-worker,
+# granian), FastAPI and matplotlib.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 command -v wrk >/dev/null || { echo "bench: wrk is needed: apt-get install wrk" >&2; exit 1; }
+command -v h2load >/dev/null || { echo "bench: h2load is needed: apt-get install nghttp2-client" >&2; exit 1; }
 VENVS="${GILWORKER_VENVS:-$PWD/.venvs}"
 if [ ! -x "$VENVS/gil/bin/python" ] || [ ! -x "$VENVS/freethreaded/bin/python" ]; then
     echo "bench: making the venvs first (scripts/test-all.sh does it; this runs only its set-up)" >&2

@@ -27,8 +27,10 @@ import errno
 import os
 import resource
 import threading
+from collections.abc import Callable
 from typing import Any, Protocol
 
+from gunicorn_gilworker.operations.measures import process_measures
 from gunicorn_gilworker.per_process import PerProcess
 
 FD_ERRORS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
@@ -152,9 +154,17 @@ class AcceptGate:
     """One worker's accepting: paused while any reason holds, resumed when none does."""
 
     def __init__(
-        self, server: Listening, worker_connections: int, log: Any, budget: FdBudget | None = None
+        self,
+        server: Listening,
+        worker_connections: int,
+        log: Any,
+        budget: FdBudget | None = None,
+        served_enough: Callable[[], bool] = lambda: False,
     ) -> None:
         self.server = server
+        # --max-requests reached: uvicorn stops only at its next 0.1 s tick, and a worker that
+        # kept accepting until then would serve many more than asked
+        self.served_enough = served_enough
         self.worker_connections = worker_connections
         self.log = log
         self.budget = budget or _NOT_STARTED
@@ -175,6 +185,8 @@ class AcceptGate:
         self.open_connections = open_connections
         if open_connections >= self.worker_connections:
             self.pause("connections")
+        if "max_requests" not in self.reasons and self.served_enough():
+            self.pause("max_requests")  # for good: the worker stops at its next tick
         budget = self.budget
         # (asyncio makes the protocols of a whole accepted batch after it has paused)
         if "descriptors" not in self.reasons and budget.maybe_nearly_out():
@@ -206,6 +218,8 @@ class AcceptGate:
     def pause(self, reason: str, open_fds: int = 0) -> None:
         if reason in self.reasons:
             return
+        if reason != "max_requests":
+            process_measures().count("gilworker_accept_pauses", reason=reason)
         if not self.reasons:
             self.server.stop_accepting()
         self.reasons.add(reason)

@@ -12,13 +12,16 @@ subclass overrides only its documented seams, and hands each to a topology (`top
 - `setup`: after a HUP, choose again, and where the master imported the app for its workers,
   forget the app's modules (new code);
 - `handle_usr1`: the crash tracebacks follow the reopened error log;
-- `WORKERS`: a map whose walks see one moment of it, as gunicornc's thread walks it too.
+- `WORKERS`: a map whose walks see one moment of it, as gunicornc's thread walks it too;
+- `start`, `signal`, `handle_term`, `reload`, `stop`: --metrics-bind's endpoint (operations/),
+  told why each worker is signalled and how it ended, and --shutdown-delay.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import threading
 import time
 import warnings
@@ -38,6 +41,9 @@ from gunicorn_gilworker.mode import (
     gil_cause,
     needs_app_import,
 )
+from gunicorn_gilworker.operations import metric_files
+from gunicorn_gilworker.operations.app_collectors import AppCollectors
+from gunicorn_gilworker.operations.service import Operations, forks_workers
 from gunicorn_gilworker.reload import MasterReloader, forget_app_modules
 from gunicorn_gilworker.supervision import HALT_REASONS, failure_status
 from gunicorn_gilworker.topologies import Topology, topology_for
@@ -45,6 +51,7 @@ from gunicorn_gilworker.upstream import (
     arbiter_stats,
     gil_enabled,
     gil_xoption,
+    reaped_statuses,
     start_control_server,
 )
 from gunicorn_gilworker.worker_map import WorkerMap
@@ -60,6 +67,11 @@ class GilArbiter(Arbiter):
         self.halting = False
         self._wake_at = 0.0
         self._loops_reported = -1
+        self.operations: Operations | None = None  # --metrics-bind
+        self.app_collectors = AppCollectors()  # the app's prometheus_client metrics, per HUP
+        self._reloading = False
+        self.stopping_workers = False
+        self._stop_at: float | None = None  # --shutdown-delay: when the graceful stop begins
         super().__init__(app)  # runs setup()
         self.reloader = MasterReloader(self)
         self.slots = Slots(
@@ -70,7 +82,9 @@ class GilArbiter(Arbiter):
     def setup(self, app: Any) -> None:
         if self.current is not None and self.app_in_master:  # a HUP: successors get new code
             self._forget_app_code(app)
-        with self._recording_warnings():  # a preloaded app may turn the GIL on
+        self._set_up_operations(app.cfg)  # before a preloaded app imports prometheus_client
+        # a preloaded app may turn the GIL on; a HUP with --preload imports it again here
+        with self._recording_warnings(), self.app_collectors.importing():
             super().setup(app)
         write_tracebacks_on_crash(self.log)
         if self.current is not None:  # a reload keeps the slots' records, with the new limits
@@ -82,6 +96,56 @@ class GilArbiter(Arbiter):
         super().handle_usr1()
         write_tracebacks_on_crash(self.log)
 
+    # -- operations: --metrics-bind and --shutdown-delay ----------------------------------
+
+    def _set_up_operations(self, cfg: Any) -> None:
+        if self.operations is not None:
+            if cfg.metrics_bind != self.operations.metrics_bind:
+                self.log.warning("gilworker: a new --metrics-bind takes effect at a restart")
+            return
+        if cfg.metrics_bind:
+            metric_files.master_pid = os.getpid()
+            forks = forks_workers(cfg, free_threaded_build())
+            # the directory as gunicorn's --env would set it (it applies --env after setup)
+            environ = {**os.environ, **(cfg.env or {})}
+            self.operations = Operations(self, cfg.metrics_bind, forks, environ)
+
+    def start(self) -> None:
+        if self.operations is not None:
+            self.operations.bind(self.cfg.address)  # first: a bad address binds nothing else
+        super().start()
+        if self.operations is not None:
+            self.operations.start()
+
+    def signal(self, sig: int, frame: Any) -> None:
+        if self.operations is not None:  # readiness fails from the moment the signal lands
+            self.operations.stop_signal(self.SIG_NAMES.get(sig, "").upper())
+        super().signal(sig, frame)
+
+    def handle_term(self) -> None:
+        delay = self.cfg.shutdown_delay
+        if delay > 0 and self._stop_at is None:
+            self._stop_at = time.monotonic() + delay
+            self.log.info(
+                "gilworker: SIGTERM: not ready from now on; serving for %ss more, then the "
+                "graceful stop",
+                delay,
+            )
+            self._wake_in(delay)
+            return
+        super().handle_term()  # a second SIGTERM stops at once
+
+    def reload(self) -> None:
+        self._reloading = True  # the workers it stops are stopped for the HUP
+        try:
+            super().reload()
+        finally:
+            self._reloading = False
+
+    def stop(self, graceful: bool = True) -> None:
+        self.stopping_workers = True
+        super().stop(graceful)
+
     # -- choosing and entering the topology -----------------------------------------------
 
     @property
@@ -92,6 +156,8 @@ class GilArbiter(Arbiter):
         """The topology of this configuration, chosen and entered before its first worker."""
         if self.current is None:
             decision = self._decide()
+            if self.operations is not None:  # before a first fork, its directory
+                self.operations.entering(decision.topology != "threads")
             topology = self.topologies.get(decision.topology) or topology_for(decision, self)
             self.topologies[decision.topology] = topology
             topology.enter(decision)
@@ -100,7 +166,8 @@ class GilArbiter(Arbiter):
 
     def owner(self, wid: int) -> Topology | None:
         """The topology that started worker `wid` and has not reaped it."""
-        return next((t for t in self.topologies.values() if t.owns(wid)), None)
+        # a snapshot: the metrics endpoint's thread asks while a HUP may add a topology
+        return next((t for t in tuple(self.topologies.values()) if t.owns(wid)), None)
 
     def _decide(self) -> Decision:
         requested = self.cfg.gil_mode
@@ -117,7 +184,7 @@ class GilArbiter(Arbiter):
         """Import the app once, in the master: the GIL state after it decides the topology, and
         the workers (threads, or processes forked from here) share it. A failure halts the
         master as a failed worker would."""
-        with self._recording_warnings():
+        with self._recording_warnings(), self.app_collectors.importing():
             try:
                 self.app.wsgi()
             except Exception as exc:
@@ -173,6 +240,8 @@ class GilArbiter(Arbiter):
         timer.start()
 
     def kill_worker(self, pid: int, sig: int) -> None:
+        if self.operations is not None:
+            self.operations.signalling(pid, sig, self._reloading, self.stopping_workers)
         owner = self.owner(pid)
         if owner is None:  # not started by a topology (gunicorn's own bookkeeping)
             super().kill_worker(pid, sig)
@@ -180,27 +249,34 @@ class GilArbiter(Arbiter):
             owner.kill(pid, sig)
 
     def reap_workers(self) -> None:
-        exits = {
-            pid: crashed for t in self.topologies.values() for pid, crashed in t.exits().items()
-        }
+        if self.operations is not None:  # gunicorn's waits (a HUP's, a stop's) reap as they wait
+            self.operations.loop_turned()
         try:
-            super().reap_workers()
+            with reaped_statuses() as reaped:
+                super().reap_workers()
         except HaltServer:
             # gunicorn raises it again for each further worker that failed to boot, from inside
             # halt() itself, which then dies with a traceback and exit status 1.
             if not self.halting:
                 raise
-        for pid, crashed in exits.items():
-            if pid not in self.WORKERS:
-                self.worker_ended(pid, crashed)
+        finally:
+            for pid, status in reaped:
+                if self.owner(pid) is not None and pid not in self.WORKERS:
+                    how = ended_how(status)
+                    self.worker_ended(pid, how is not None, how, process=True)
         self._reap_topologies()
 
     def _reap_topologies(self) -> None:
         for topology in list(self.topologies.values()):
             topology.reap()
 
-    def worker_ended(self, wid: int, crashed: bool) -> None:
-        """A worker of any topology is gone: its slot is free, a crash charged to it."""
+    def worker_ended(
+        self, wid: int, crashed: bool, how: str | None = None, process: bool = False
+    ) -> None:
+        """A worker of any topology is gone: its slot is free, a crash charged to it. `how`:
+        None for a clean end, else the signal that ended a process ("SIGSEGV") or "exit N"."""
+        if self.operations is not None:
+            self.operations.worker_ended(wid, how or ("crash" if crashed else None), process)
         if self.slots.release(wid, crashed and not self.halting):
             arbiter_stats(self)["worker_crashes"] += 1
             self.log.debug(  # a statsd counter
@@ -209,6 +285,10 @@ class GilArbiter(Arbiter):
             )
 
     def manage_workers(self) -> None:
+        if self._stop_at is not None and time.monotonic() >= self._stop_at:
+            raise StopIteration  # --shutdown-delay is over: gunicorn's graceful stop
+        if self.operations is not None:
+            self.operations.loop_turned()
         self._reap_topologies()  # on every loop turn too: a thread's exit notice may be lost
         super().manage_workers()
         loops = self.event_loops()
@@ -221,13 +301,26 @@ class GilArbiter(Arbiter):
             )
 
     def event_loops(self) -> int:
-        return sum(t.event_loops() for t in self.topologies.values())
+        return sum(t.event_loops() for t in tuple(self.topologies.values()))
 
     def halt(self, reason: str | None = None, exit_status: int = 0) -> None:
         self.halting = True
-        super().halt(reason, exit_status)
+        try:
+            super().halt(reason, exit_status)
+        finally:  # halt ends the process
+            if self.operations is not None:
+                self.operations.close()
 
     # -- gunicornc --------------------------------------------------------------------------
 
     def _start_control_server(self) -> None:
         start_control_server(self, super()._start_control_server, ControlHandlers(self))
+
+
+def ended_how(status: int) -> str | None:
+    """A worker process's wait status: None for exit 0, else "exit N" or the signal's name."""
+    if os.WIFSIGNALED(status):
+        sig = os.WTERMSIG(status)
+        return signal.Signals(sig).name if sig in signal.valid_signals() else f"signal {sig}"
+    code = os.waitstatus_to_exitcode(status)
+    return f"exit {code}" if code else None

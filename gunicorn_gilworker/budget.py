@@ -74,6 +74,7 @@ class Slots:
         self.wake_in = wake_in
         self.clock = clock
         self.held: dict[int, tuple[int, float]] = {}  # worker id -> (slot, start time)
+        self.backoffs = 0  # times a slot had to wait before its next start
 
     def claim(self, live: Iterable[int]) -> int | None:
         """The lowest slot that no live worker holds; None while it is backing off."""
@@ -96,6 +97,7 @@ class Slots:
             return False
         delay = self.budget.crashed(slot, self.clock() - started)
         if delay is not None:
+            self.backoffs += 1
             self.log.warning(
                 "Worker slot %d crashed more than %d times within %ss: next start in %.1fs",
                 slot,

@@ -19,6 +19,7 @@ import threading
 import time
 from typing import Any
 
+from gunicorn_gilworker.operations.measures import process_measures
 from gunicorn_gilworker.per_process import PerProcess
 
 INTERVAL = 60.0
@@ -44,6 +45,7 @@ class ClientNoise:
         self.lock = threading.Lock()
 
     def count(self, kind: str) -> None:
+        process_measures().count("gilworker_client_noise", kind=kind)
         with self.lock:
             self.counts[kind] += 1
             self.unsent[kind] += 1

@@ -3,9 +3,9 @@
 - honoured: gunicorn's own code does what it documents, in every topology (notes say where a
   topology differs);
 - mapped: gilworker passes it to uvicorn, which does the same job;
-- not applicable: it configures something gilworker does not run (gunicorn's own HTTP parser,
-  WSGI, HTTP/2, uWSGI), and why. Where a user sets one to a value that would matter, gilworker
-  says so at start-up (`unserved`) or refuses to start (`settings.check_combination`).
+- not applicable: it configures something gilworker does not run (gunicorn's own HTTP/1.1
+  parser, WSGI, uWSGI), and why. Where a user sets one to a value that would matter, gilworker
+  refuses to start (`settings.check_combination`).
 
 docs/settings.md shows this table (the README links it); tests/test_compat.py checks that the two
 agree and that every setting of the installed gunicorn is here, so a setting added by a new
@@ -14,7 +14,7 @@ gunicorn release fails the tests until it is classified.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal
 
 Kind = Literal["honoured", "mapped", "not applicable"]
 H: Kind = "honoured"
@@ -41,15 +41,19 @@ SETTINGS: dict[str, tuple[Kind, str]] = {
     ),
     "max_requests": (H, "per worker; a worker process of threads counts over its threads"),
     "max_requests_jitter": (H, "as for max_requests"),
-    "timeout": (H, "heartbeat; a stuck worker gets worker_abort and is replaced"),
+    "timeout": (
+        H,
+        "heartbeat; a stuck worker gets worker_abort and is replaced; an HTTP/2 request body "
+        "silent that long: http.disconnect",
+    ),
     "graceful_timeout": (H, "the master's wait for a stopping worker"),
-    "keepalive": (M, "uvicorn's timeout_keep_alive"),
+    "keepalive": (M, "uvicorn's timeout_keep_alive; an HTTP/2 connection idle that long: GOAWAY"),
     "asgi_loop": (M, "uvicorn's loop (auto, asyncio, uvloop)"),
     "asgi_lifespan": (M, "uvicorn's lifespan (auto, on, off)"),
     "asgi_disconnect_grace_period": (
-        NA,
-        "uvicorn never cancels a request's task when its client goes: the app gets "
-        "http.disconnect and finishes",
+        H,
+        "HTTP/2: the streams of a connection whose client went hear http.disconnect, then are "
+        "cancelled after it, as -k asgi does; HTTP/1.1: uvicorn never cancels, the app finishes",
     ),
     "websocket_max_message_size": (M, "uvicorn's ws_max_size: a larger message is closed 1009"),
     "http_parser": (
@@ -154,14 +158,18 @@ SETTINGS: dict[str, tuple[Kind, str]] = {
     "ciphers": (H, "in gunicorn's TLS context"),
     # HTTP/2
     "http_protocols": (
-        NA,
-        "HTTP/1.1 only: with h2 the start-up log says so and ALPN offers http/1.1 alone",
+        H,
+        "h1 on uvicorn's protocol; h2 on gunicorn's HTTP/2 stack, by ALPN in the order given",
     ),
-    "http2_cleartext": (NA, "HTTP/1.1 only: anything but off is named at start-up"),
-    "http2_max_concurrent_streams": (NA, "HTTP/1.1 only"),
-    "http2_initial_window_size": (NA, "HTTP/1.1 only"),
-    "http2_max_frame_size": (NA, "HTTP/1.1 only"),
-    "http2_max_header_list_size": (NA, "HTTP/1.1 only"),
+    "http2_cleartext": (
+        H,
+        "h2c from peers in forwarded_allow_ips: the client's preface (prior-knowledge), "
+        "Upgrade: h2c (upgrade), or both, by gunicorn's own rules",
+    ),
+    "http2_max_concurrent_streams": (H, "gunicorn's HTTP/2 stack applies it"),
+    "http2_initial_window_size": (H, "gunicorn's HTTP/2 stack applies it"),
+    "http2_max_frame_size": (H, "gunicorn's HTTP/2 stack applies it"),
+    "http2_max_header_list_size": (H, "gunicorn's HTTP/2 stack applies it"),
     # Dirty Arbiters: gunicorn's master forks and supervises them, whatever the workers are
     "dirty_apps": (H, "gunicorn's master runs the dirty arbiter"),
     "dirty_workers": (H, "as dirty_apps"),
@@ -183,23 +191,9 @@ SETTINGS: dict[str, tuple[Kind, str]] = {
     "restart_window": (H, "gilworker's"),
     "header_timeout": (H, "gilworker's"),
     "stall_warning": (H, "gilworker's"),
+    "metrics_bind": (H, "gilworker's"),
+    "shutdown_delay": (H, "gilworker's"),
 }
-
-
-def unserved(cfg: Any) -> list[str]:
-    """What this configuration asks of gunicorn that gilworker does not serve, one line each."""
-    lines = []
-    if "h2" in cfg.http_protocols:
-        lines.append(
-            "--http-protocols asks for h2: gilworker serves HTTP/1.1 (uvicorn's parser), and "
-            "TLS clients are offered http/1.1 alone"
-        )
-    if cfg.http2_cleartext != "off":
-        lines.append(
-            f"--http2-cleartext {cfg.http2_cleartext}: gilworker serves HTTP/1.1 only; a "
-            "cleartext HTTP/2 preface is answered 400"
-        )
-    return lines
 
 
 def markdown_table() -> str:

@@ -11,7 +11,10 @@ itself:
 - the accept gate (`accepting.py`): every connection counted for the worker's accepting;
 - the drain (`request/drain.py`): a request that begins on a stopping worker is its connection's
   last;
-- write coalescing: a response's head and body leave in one send (see `HeldWrites`).
+- write coalescing: a response's head and body leave in one send (see `HeldWrites`);
+- HTTP/2 (http2.py): a connection that chose `h2` by ALPN, or a trusted peer's h2c preface
+  (prior knowledge), is handed to an `HTTP2Connection` before uvicorn parses anything; a
+  trusted peer's `Upgrade: h2c` request, once uvicorn has parsed it, becomes its stream 1.
 
 `ConnectionLayer` holds one worker's collaborators; `layered(protocol_class)` is the one class
 built around a uvicorn protocol class, with each connection's state in one attribute of the
@@ -34,18 +37,28 @@ from gunicorn.asgi.parser import InvalidProxyHeader, InvalidProxyLine
 
 from gunicorn_gilworker.accepting import AcceptGate
 from gunicorn_gilworker.client_noise import ClientNoise
+from gunicorn_gilworker.http2 import (
+    PREFACE_TIMEOUT,
+    UPGRADE_101,
+    HTTP2Connection,
+    HTTP2Policy,
+    UpgradeToHTTP2,
+)
 from gunicorn_gilworker.interpreter import built_in_each_thread
 from gunicorn_gilworker.request.drain import Drain
 from gunicorn_gilworker.request.limits import TOO_LARGE, HeadLimits, RequestLimits
 from gunicorn_gilworker.upstream import (
     ProxyHeaderReader,
+    abandon_cycle,
     http_cycle,
     open_connections,
     protocol_app,
     protocol_client,
+    protocol_connection,
     protocol_loop,
     protocol_transport,
     proxy_allow_networks,
+    quiet_upgrade_warning,
     response_complete,
     set_protocol_app,
     set_protocol_client,
@@ -54,6 +67,10 @@ from gunicorn_gilworker.upstream import (
 BAD_PROXY_HEADER = (
     b"HTTP/1.1 400 Bad Request\r\ncontent-type: text/plain; charset=utf-8\r\n"
     b"content-length: 21\r\nconnection: close\r\n\r\nInvalid PROXY header"
+)
+NO_PREFACE = (  # --http2-cleartext prior-knowledge alone: a trusted peer must speak HTTP/2
+    b"HTTP/1.1 400 Bad Request\r\ncontent-type: text/plain; charset=utf-8\r\n"
+    b"content-length: 33\r\nconnection: close\r\n\r\nInvalid HTTP/2 connection preface"
 )
 
 
@@ -80,12 +97,15 @@ class ProxyPolicy:
 class ConnectionState:
     """What the layer keeps per connection."""
 
-    __slots__ = ("head", "layer", "proxy_header")
+    __slots__ = ("head", "layer", "preface", "preface_timer", "proxy_header", "upgrade")
 
     def __init__(self, layer: ConnectionLayer) -> None:
         self.layer = layer
         self.head: PartialHead | None = None  # a head spread over several reads
         self.proxy_header: ProxyHeaderReader | None = None
+        self.preface: bytes | None = None  # what came while it may be an h2c preface
+        self.preface_timer: asyncio.TimerHandle | None = None
+        self.upgrade = False  # its Upgrade: h2c is answered
 
 
 class PartialHead:
@@ -154,6 +174,52 @@ class HeldWrites:
         return getattr(self.transport, name)
 
 
+class TurnWrites(HeldWrites):
+    """An HTTP/2 connection's transport: every write of a loop turn leaves in one send. Many
+    streams answer in the same turn, each with a HEADERS and a DATA frame written apart by
+    gunicorn's HTTP/2 stack; one send for them all is what `HeldWrites` is for HTTP/1.1.
+
+    What is held goes at once from `TURN_BYTES` on: the transport must see a large body to pause
+    the protocol, or the stack's `drain()` never waits (from Python 3.12 a drain with nothing to
+    wait for does not even yield), and a peer with a wide window could make one turn hold a
+    whole response."""
+
+    __slots__ = ("held_bytes",)
+
+    def __init__(
+        self, transport: asyncio.Transport, layer: ConnectionLayer, loop: asyncio.AbstractEventLoop
+    ) -> None:
+        super().__init__(transport, layer, loop)
+        self.held_bytes = 0
+
+    def write(self, data: Any) -> None:
+        held = self.held
+        if held is None:
+            if not data:
+                return
+            self.held = held = []
+            self.held_bytes = 0
+            self.layer.hold(self)
+        held.append(data)
+        self.held_bytes += len(data)
+        if self.held_bytes >= TURN_BYTES:  # goes now; still the layer's to flush at the turn's end
+            self.held, self.held_bytes = [], 0
+            self._send(held)
+
+    def flush(self) -> None:
+        held = self.held
+        if held is not None:
+            self.held = None
+            self._send(held)
+
+    def _send(self, held: list) -> None:
+        if held and not self.transport.is_closing():
+            self.transport.write(b"".join(held))
+
+
+TURN_BYTES = 64 * 1024  # asyncio's default high-water mark: one more write would pause
+
+
 class ConnectionLayer:
     """One worker's part in each of its connections (made in the worker's own thread)."""
 
@@ -168,6 +234,7 @@ class ConnectionLayer:
         noise: ClientNoise,
         log: Any,
         proxy: ProxyPolicy | None = None,
+        http2: HTTP2Policy | None = None,
     ) -> None:
         self.connection_class = layered(protocol_class)
         self.limits = limits
@@ -177,6 +244,7 @@ class ConnectionLayer:
         self.noise = noise
         self.log = log
         self.proxy = proxy
+        self.http2 = http2
         self.max_bytes = limits.max_bytes()
         self.safe_bytes, self.safe_lines = limits.safe_bytes(), limits.safe_lines()
         # A field takes at least 3 bytes ("x:\n"): fewer bytes than this cannot hold too many
@@ -225,11 +293,30 @@ def layered(protocol_class: type) -> type:
             layer.gate.connection_made(open_connections(self))
             if layer.header_timeout:  # the first head gets a deadline too
                 self._wait_for_rest(PartialHead())
+            http2 = layer.http2
+            if http2 is not None:
+                if http2.alpn:
+                    tls = transport.get_extra_info("ssl_object")
+                    if tls is not None and tls.selected_alpn_protocol() == "h2":
+                        self._to_http2(b"")
+                else:
+                    peer = transport.get_extra_info("peername")
+                    if http2.prior_knowledge(peer):
+                        state.preface = b""  # gunicorn's bound on the whole preface, from now
+                        state.preface_timer = protocol_loop(self).call_later(
+                            PREFACE_TIMEOUT, self._no_preface
+                        )
+                    if http2.upgrade(peer):
+                        state.upgrade = True
+                        set_protocol_app(self, UpgradeToHTTP2(protocol_app(self), self._upgrade))
 
         def data_received(self, data: bytes) -> None:
             state = self.gilworker
             if state.proxy_header is not None:
                 self._read_proxy_header(data)
+                return
+            if state.preface is not None:
+                self._read_preface(data)
                 return
             layer = state.layer
             cycle = http_cycle(self)
@@ -259,9 +346,7 @@ def layered(protocol_class: type) -> type:
             head.lines += data.count(b"\n")
             if layer.max_bytes is not None and head.bytes > layer.max_bytes:
                 self._head_done()
-                transport = protocol_transport(self)
-                transport.write(TOO_LARGE)
-                transport.close()
+                self._refuse(TOO_LARGE)
                 return
             if head.bytes > layer.safe_bytes or head.lines > layer.safe_lines:
                 self._feed_checked(data)
@@ -327,9 +412,7 @@ def layered(protocol_class: type) -> type:
                 state.layer.log.debug(
                     "Invalid PROXY header from %s: %s", protocol_client(self), exc
                 )
-                transport = protocol_transport(self)
-                transport.write(BAD_PROXY_HEADER)
-                transport.close()
+                self._refuse(BAD_PROXY_HEADER)
                 return
             if not complete:
                 return  # gunicorn's parser bounds the header's size
@@ -341,12 +424,99 @@ def layered(protocol_class: type) -> type:
             if rest:
                 self.data_received(rest)
 
+        def _read_preface(self, data: bytes) -> None:
+            """A trusted peer's first bytes: HTTP/2's preface, or HTTP/1.1."""
+            state = self.gilworker
+            http2 = state.layer.http2
+            assert state.preface is not None and http2 is not None
+            data = state.preface + data
+            seen = http2.preface(data)
+            if seen == "partial":
+                state.preface = data
+                return
+            self._preface_done()
+            if seen == "match":
+                self._to_http2(data)
+            elif http2.mismatch_is_error:
+                self._refuse(NO_PREFACE)
+            else:
+                self.data_received(data)
+
+        def _no_preface(self) -> None:
+            """Nothing conclusive within gunicorn's bound: refused where the peer must speak
+            HTTP/2, else HTTP/1.1 as usual."""
+            state = self.gilworker
+            state.preface_timer = None
+            data = state.preface
+            self._preface_done()
+            http2 = state.layer.http2
+            if data is None or http2 is None:
+                return
+            if http2.mismatch_is_error:
+                self._refuse(NO_PREFACE)
+            elif data:
+                self.data_received(data)
+
+        def _preface_done(self) -> None:
+            state = self.gilworker
+            state.preface = None
+            if state.preface_timer is not None:
+                state.preface_timer.cancel()
+                state.preface_timer = None
+
+        def _refuse(self, answer: bytes) -> None:
+            """Answer `answer` (an error response, whole) and close."""
+            transport = protocol_transport(self)
+            if not transport.is_closing():
+                transport.write(answer)
+                transport.close()
+
+        def _upgrade(self, settings: bytes, request: Any) -> None:
+            """An Upgrade: h2c request, parsed: 101, then HTTP/2 with it as stream 1."""
+            if protocol_transport(self).is_closing():
+                return
+            abandon_cycle(self)
+            held = protocol_transport(self)
+            held.flush()
+            held.transport.write(UPGRADE_101)
+            self._to_http2(b"", (settings, request, b""))
+
+        def _to_http2(self, data: bytes, upgrade: Any = None) -> None:
+            """From now on this connection is an HTTP/2 connection's (http2.py)."""
+            self._head_done()
+            layer = self.gilworker.layer
+            assert layer.http2 is not None
+            server_state, client, server, scheme, root_path, app_state = protocol_connection(self)
+            app = protocol_app(self)
+            if isinstance(app, UpgradeToHTTP2):  # HTTP/1.1's: no Upgrade over HTTP/2
+                app = app.app
+            connection = HTTP2Connection(
+                layer.http2.cfg,
+                app,
+                app_state,
+                server_state,
+                client=client,
+                server=server,
+                scheme=scheme,
+                root_path=root_path,
+                log=layer.log,
+                gate=layer.gate,
+                stopping=layer.drain.active,  # the worker began to stop before the switch
+            )
+            held = protocol_transport(self)
+            held.flush()
+            turn = TurnWrites(held.transport, layer, protocol_loop(self))
+            connection.take_over(turn, self, data, upgrade)
+
         def connection_lost(self, exc: Exception | None) -> None:
             self._head_done()
+            self._preface_done()
             state = self.gilworker
             state.proxy_header = None
             lost(self, exc)
             state.layer.gate.connection_lost(open_connections(self))
 
+    # an Upgrade: h2c that gilworker answers is no "Unsupported upgrade request."
+    quiet_upgrade_warning(Connection, lambda connection: connection.gilworker.upgrade)
     Connection.__name__ = Connection.__qualname__ = f"Layered{protocol_class.__name__}"
     return Connection

@@ -21,6 +21,7 @@ from uvicorn.server import ServerState
 
 from gunicorn_gilworker.accepting import FD_ERRORS, AcceptGate
 from gunicorn_gilworker.client_noise import ClientNoise, client_noise
+from gunicorn_gilworker.operations.measures import LoopMeasures, process_measures
 from gunicorn_gilworker.request.drain import Drain
 from gunicorn_gilworker.stall_watch import LoopBeat, StallWatch
 from gunicorn_gilworker.upstream import (
@@ -54,10 +55,17 @@ class WorkerServer(uvicorn.Server):
         if server_state is not None:
             set_server_state(self, server_state)
         self.drain = Drain(drain_grace)
-        self.gate = AcceptGate(self, worker_connections, log)
+        self.gate = AcceptGate(self, worker_connections, log, served_enough=self._served_enough)
         self.log = log
         self.spares: list[socket.socket] = []  # a dup of each listener, to listen again
         self.stalls: tuple[StallWatch, LoopBeat] | None = None  # --stall-warning's watch
+        self.measures: LoopMeasures | None = None  # --metrics-bind's counts of this loop
+
+    def _served_enough(self) -> bool:
+        """Whether --max-requests is reached (a loop thread of a worker process has no limit of
+        its own: the process's RequestBudget stops all its loops at once)."""
+        limit = self.config.limit_max_requests
+        return limit is not None and server_state_of(self).total_requests >= limit
 
     def watch_stalls(self, watch: StallWatch, beat: LoopBeat) -> None:
         """Have `watch` warn when this server's loop stops turning, once it serves."""
@@ -83,6 +91,9 @@ class WorkerServer(uvicorn.Server):
                 watch, beat = self.stalls
                 beat.started(self.loop)
                 watch.watch(beat)
+            if self.measures is not None:
+                self.measures.serving = True
+                process_measures().changed.set()  # readiness: publish it now
             self.serving()
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
@@ -91,6 +102,9 @@ class WorkerServer(uvicorn.Server):
         if self.stalls is not None:  # no turns while it drains and closes: not a stall
             watch, beat = self.stalls
             watch.forget(beat)
+        if self.measures is not None:
+            self.measures.serving = False
+            process_measures().changed.set()
         self.gate.stop()
         self._close_spares()
         if not self.force_exit:
@@ -105,6 +119,8 @@ class WorkerServer(uvicorn.Server):
         now = time.monotonic()
         if self.stalls is not None:
             self.stalls[1].turned = now
+        if self.measures is not None:
+            self.measures.ticked(now)
         self.gate.tick(now)
         self.noise.flush(now)
         return await super().on_tick(counter)

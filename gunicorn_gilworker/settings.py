@@ -8,6 +8,7 @@ builds its `Config`.
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Callable
 from typing import Any
 
@@ -170,4 +171,56 @@ class StallWarning(Setting):
         The warning names the worker, the request its loop runs and the Python stack of its
         thread (where the blocking call is); a second line says when the loop turns again and
         how long it was blocked. Past 5 stalls a minute, each further one is one line.
+        """
+
+
+def validate_metrics_bind(value: object) -> str | None:
+    """host:port or unix:path, with prometheus_client installed (looked up, not imported: it
+    must first see PROMETHEUS_MULTIPROC_DIR, set by the master when workers fork)."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    if not isinstance(value, str):
+        raise TypeError(f"metrics_bind must be host:port or unix:path; got {value!r}")
+    from gunicorn_gilworker.operations.endpoint import parse_metrics_bind
+
+    parse_metrics_bind(value.strip())
+    if importlib.util.find_spec("prometheus_client") is None:
+        raise ValueError(
+            "--metrics-bind needs prometheus_client: pip install 'gunicorn-gilworker[metrics]'"
+        )
+    return value.strip()
+
+
+class MetricsBind(Setting):
+    name = "metrics_bind"
+    section = "Logging"
+    cli = ["--metrics-bind"]  # noqa: RUF012  (gunicorn reads it as a plain list)
+    meta = "ADDRESS"
+    validator = validate_metrics_bind
+    default = None
+    desc = """\
+        gilworker: serve Prometheus metrics, /livez and /readyz at this address (off if unset).
+
+        ``host:port`` or ``unix:PATH``, served by the master (it answers while workers are stuck
+        or restarting): /metrics in Prometheus text format (OpenMetrics when asked), with the
+        app's own prometheus_client metrics in every topology. Bind it to a private interface.
+        Needs the ``metrics`` extra: ``pip install 'gunicorn-gilworker[metrics]'``.
+        """
+
+
+class ShutdownDelay(Setting):
+    name = "shutdown_delay"
+    section = "Worker Processes"
+    cli = ["--shutdown-delay"]  # noqa: RUF012  (gunicorn reads it as a plain list)
+    meta = "SECONDS"
+    validator = validate_non_negative("shutdown_delay", float)
+    default = 0.0
+    desc = """\
+        gilworker: after SIGTERM, keep serving this long before the graceful stop begins.
+
+        /readyz fails from the moment SIGTERM arrives; the workers go on serving for this many
+        seconds, so that a load balancer following readiness stops sending first, and only then
+        does gunicorn's graceful stop (--graceful-timeout) begin. A second SIGTERM begins the
+        graceful stop at once; SIGINT and SIGQUIT stop fast, as always. 0 (the default):
+        gunicorn's stop at once.
         """

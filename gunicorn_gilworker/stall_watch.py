@@ -21,6 +21,7 @@ import threading
 import time
 from typing import Any
 
+from gunicorn_gilworker.operations.measures import process_measures
 from gunicorn_gilworker.per_process import PerProcess
 
 PERIOD = 0.1  # seconds between two looks, as between two of uvicorn's ticks
@@ -128,6 +129,7 @@ class StallWatch:
             "event loop stalled",
             extra={"metric": "gilworker.loop_stalls", "value": 1, "mtype": "counter"},
         )
+        process_measures().count("gilworker_loop_stalls")
         now = time.monotonic()
         self.stalls = [t for t in self.stalls if now - t < 60] + [now]
         what = beat.request()

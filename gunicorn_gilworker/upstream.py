@@ -11,10 +11,11 @@ Read from gunicorn 27.0.0 and 27.0.1, uvicorn 0.53.0 to 0.55.0, CPython 3.10 to 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from gunicorn.reloader import reloader_engines
@@ -27,6 +28,40 @@ def arbiter_stats(arbiter: Any) -> dict[str, Any]:
     adds its own there (worker crashes, abandoned threads) and counts what gunicorn counts for a
     process (workers spawned and killed) for its threads too."""
     return arbiter._stats  # type: ignore[no-any-return]
+
+
+@contextlib.contextmanager
+def reaped_statuses() -> Iterator[list[tuple[int, int]]]:
+    """What `Arbiter.reap_workers()` (gunicorn 27.0) reaps: it calls `os.waitpid(-1, WNOHANG)`
+    and keeps no status, and gilworker needs each worker's (a crash is charged to its slot and
+    counted by signal). Reading the statuses beforehand (waitid with WNOWAIT) misses a worker
+    that exits between that look and gunicorn's reap; this records what gunicorn's own calls
+    return while it reaps, and passes them through unchanged. Only gunicorn.arbiter's own `os`
+    is swapped: no other code of the process sees it."""
+    import gunicorn.arbiter as gunicorn_arbiter
+
+    reaped: list[tuple[int, int]] = []
+    gunicorn_arbiter.os = _RecordingOs(reaped)  # type: ignore[assignment]
+    try:
+        yield reaped
+    finally:
+        gunicorn_arbiter.os = os
+
+
+class _RecordingOs:
+    """`os` as gunicorn.arbiter sees it while it reaps: waitpid's results are recorded."""
+
+    def __init__(self, reaped: list[tuple[int, int]]) -> None:
+        self.reaped = reaped
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(os, name)
+
+    def waitpid(self, pid: int, options: int) -> tuple[int, int]:
+        wpid, status = os.waitpid(pid, options)
+        if wpid:
+            self.reaped.append((wpid, status))
+        return wpid, status
 
 
 def start_control_server(arbiter: Any, start: Callable[[], None], handlers: Any) -> None:
@@ -65,6 +100,29 @@ def worker_reaped(arbiter: Any, worker: Any) -> None:
     for a worker thread, which no waitpid reaps."""
     worker.tmp.close()
     arbiter.cfg.child_exit(arbiter, worker)
+
+
+def registered_collectors(registry: Any) -> list[Any]:
+    """`CollectorRegistry._collector_to_names` (prometheus_client 0.20-0.26): the collectors
+    registered, which the registry has no public way to list (`collect()` gives metrics)."""
+    with registry._lock:
+        return list(registry._collector_to_names)
+
+
+def multiprocess_mode(metric: Any) -> str:
+    """`Metric._multiprocess_mode` (prometheus_client 0.20-0.26): the mode of a gauge read by
+    `MultiProcessCollector.merge` from a file's name, which folding a dead process's gauges
+    into the retired files must keep ("sum", "max", ...). "" for other types."""
+    return getattr(metric, "_multiprocess_mode", "") if metric.type == "gauge" else ""
+
+
+def mmap_files() -> tuple[Any, Callable[..., str]]:
+    """`prometheus_client.mmap_dict`'s `MmapedDict` and `mmap_key` (0.20-0.26): the file format
+    of its multiprocess mode, written for gilworker's own measures and the retired files so that
+    one `MultiProcessCollector` reads them with the app's. Not in its documented API."""
+    from prometheus_client.mmap_dict import MmapedDict, mmap_key
+
+    return MmapedDict, mmap_key
 
 
 def code_reloader(cfg: Any, changed: Callable[[str], None]) -> Any:
@@ -220,10 +278,47 @@ def set_protocol_client(protocol: Any, client: tuple[str, int]) -> None:
     protocol.client = client
 
 
+def protocol_connection(protocol: Any) -> tuple[Any, Any, Any, str, str, dict]:
+    """What a uvicorn HTTP protocol knows of its connection (uvicorn 0.53-0.55), for the HTTP/2
+    connection that takes its place (http2.py): its `server_state`, `client` (the
+    PROXY header's, if one came), `server`, `scheme`, `root_path` and `app_state` (the
+    lifespan's state, copied into each request's scope)."""
+    p = protocol
+    return p.server_state, p.client, p.server, p.scheme, p.root_path, p.app_state
+
+
+def abandon_cycle(protocol: Any) -> None:
+    """The request in progress gets no HTTP/1.1 response: its connection has switched protocol
+    (Upgrade: h2c). `RequestResponseCycle.disconnected` (uvicorn 0.53-0.55) set makes uvicorn
+    send nothing for it, not even the 500 for an app that did not answer."""
+    protocol.cycle.disconnected = True
+
+
+def quiet_upgrade_warning(protocol_class: type, quiet: Callable[[Any], bool]) -> None:
+    """uvicorn 0.53-0.55 warns "Unsupported upgrade request." (`_unsupported_upgrade_warning`)
+    for any Upgrade but WebSocket, h2c included: silent where `quiet(protocol)` (a connection
+    whose Upgrade: h2c gilworker answers)."""
+    warn = protocol_class._unsupported_upgrade_warning  # type: ignore[attr-defined]
+
+    def warning(self: Any) -> None:
+        if not quiet(self):
+            warn(self)
+
+    protocol_class._unsupported_upgrade_warning = warning  # type: ignore[attr-defined]
+
+
+def held_body(stream: Any) -> int:
+    """How many DATA payloads an HTTP/2 stream holds unread: `HTTP2Stream._body_chunks`
+    (gunicorn 27.0.0-27.0.1; its own ASGI worker reads it so). With `body_complete`, it tells
+    whether the request body's last bytes have been handed out."""
+    return len(stream._body_chunks)
+
+
 def cycle_disconnected(send: Any) -> bool:
     """Whether the client of the request `send` answers has gone: `send` is a uvicorn
     `RequestResponseCycle.send` (uvicorn 0.53-0.55), whose cycle's `disconnected` makes it drop
-    what it is given; anything else (a wrapped send) counts as connected."""
+    what it is given, or an HTTP/2 stream's (http2.Stream.disconnected); anything else (a
+    wrapped send) counts as connected."""
     return bool(getattr(getattr(send, "__self__", None), "disconnected", False))
 
 

@@ -25,11 +25,14 @@ from uvicorn.protocols.websockets.auto import AutoWebSocketsProtocol
 from uvicorn.server import ServerState
 
 from gunicorn_gilworker.app_per_loop import app_for_loop, own_app_reason
-from gunicorn_gilworker.compat import unserved
 from gunicorn_gilworker.connection import ConnectionLayer, ProxyPolicy
 from gunicorn_gilworker.faults import write_tracebacks_on_crash
+from gunicorn_gilworker.http2 import HTTP2Policy
+from gunicorn_gilworker.http2 import wanted as http2_wanted
 from gunicorn_gilworker.interpreter import hold_shared_dict_keys
 from gunicorn_gilworker.lifespan import bounded, shutdown_bound
+from gunicorn_gilworker.operations.measures import LoopMeasures, process_measures
+from gunicorn_gilworker.operations.metric_files import publisher
 from gunicorn_gilworker.request.contract import with_request_contract
 from gunicorn_gilworker.request.forwarded import ForwardedHeaders
 from gunicorn_gilworker.request.limits import HeadLimits, limited_websocket
@@ -37,7 +40,7 @@ from gunicorn_gilworker.server import WorkerServer
 from gunicorn_gilworker.stack import stack_of
 from gunicorn_gilworker.stall_watch import LoopBeat, Serving, stall_watch
 from gunicorn_gilworker.supervision import thread_id, when_aborted
-from gunicorn_gilworker.upstream import gil_enabled
+from gunicorn_gilworker.upstream import connections, gil_enabled, server_state
 from gunicorn_gilworker.uvicorn_logs import count_uvicorn_client_noise, route_uvicorn_log
 
 RunsAs = Literal["thread", "process"]
@@ -154,6 +157,7 @@ class GilWorker(Worker):
             noise=server.noise,
             log=self.log,
             proxy=ProxyPolicy(cfg) if cfg.proxy_protocol != "off" else None,
+            http2=HTTP2Policy(cfg) if http2_wanted(cfg) else None,
         )
         # uvicorn's Config calls `http` and `ws` as its protocol classes: a factory will do
         config.http = layer.protocol_factory  # type: ignore[assignment]
@@ -198,12 +202,14 @@ class GilWorker(Worker):
         )
         if cfg.is_ssl:
             config.ssl = tls_context(cfg)
+        measures = self._measures() if cfg.metrics_bind else None
         config.loaded_app, contract = with_request_contract(
             ForwardedHeaders(
                 config.loaded_app, config.forwarded_allow_ips, cfg.secure_scheme_headers
             ),
             self,
             self.hook_worker,
+            measures,
         )
         if cfg.stall_warning > 0:
             beat = LoopBeat(self.log_name)
@@ -216,10 +222,27 @@ class GilWorker(Worker):
         finally:
             if contract is not None:
                 contract.close()
+            if measures is not None:
+                self._measures_done(measures)
         if not self.server.started:
             sys.exit(Arbiter.WORKER_BOOT_ERROR)
         if self.exit_status:
             sys.exit(self.exit_status)
+
+    def _measures(self) -> LoopMeasures:
+        """This loop's counts for --metrics-bind, published by a worker process (the master
+        reads its own threads' when scraped)."""
+        server = self.server
+        measures = process_measures().loop(lambda: len(connections(server_state(server))))
+        server.measures = measures
+        publisher(process_measures())
+        return measures
+
+    def _measures_done(self, measures: LoopMeasures) -> None:
+        process_measures().loop_ended(measures)  # its counts stay in the process's totals
+        published = publisher(process_measures())
+        if published is not None:
+            published.publish()  # the last counts, before the process may exit
 
     def load_wsgi(self) -> None:
         try:
@@ -246,12 +269,6 @@ class GilWorker(Worker):
             )
             return shared
         return app_for_loop(uri)
-
-    @classmethod
-    def check_config(cls, cfg: Any, log: Any) -> None:
-        """gunicorn's start-up check of the worker class: name what will not be served."""
-        for line in unserved(cfg):
-            log.warning("gilworker: %s", line)
 
     @property
     def log_name(self) -> str:
@@ -289,6 +306,8 @@ class GilWorker(Worker):
         is caught (uvicorn answers 500 for it and would keep serving)."""
         self._alive = False
         self.exit_status = 1
+        if self.server.measures is not None:  # stuck: not serving, whether or not it ends
+            self.server.measures.serving = False
         if self.runs_hooks:
             self.cfg.worker_abort(self)
         self.stop(graceful=False)
@@ -320,12 +339,10 @@ class GilWorker(Worker):
 
 
 def tls_context(cfg: Any) -> ssl.SSLContext:
-    """gunicorn's TLS context (its settings, its `ssl_context` hook), as for its own workers;
-    ALPN never offers h2, which uvicorn's HTTP/1.1 parser would not understand."""
-    context = gunicorn_ssl_context(cfg)
-    if "h2" in cfg.http_protocols:
-        context.set_alpn_protocols(["http/1.1"])
-    return context
+    """gunicorn's TLS context (its settings, its `ssl_context` hook), as for its own workers:
+    with h2 in --http-protocols, ALPN offers the protocols in their order (http2.py serves
+    the connections that choose h2)."""
+    return gunicorn_ssl_context(cfg)
 
 
 def refuse_wsgi(app: Any) -> None:

@@ -23,7 +23,7 @@ ROOT="$PWD"
 VENVS="${GILWORKER_VENVS:-$ROOT/.venvs}"
 GIL_PYTHON="${GIL_PYTHON:-python3}"
 WORKERS="${GILWORKER_TEST_PROCESSES:-3}"
-LOWEST=("gunicorn==27.0.0" "uvicorn==0.53.0" "httptools==0.6.4" "uvloop==0.21.0")  # pyproject's floors
+LOWEST=("gunicorn==27.0.0" "uvicorn==0.53.0" "httptools==0.6.4" "uvloop==0.21.0" "prometheus_client==0.20.0")  # pyproject's floors
 export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_PROGRESS_BAR=off
 
 log() { echo "[test-all] $*" >&2; }

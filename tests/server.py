@@ -14,6 +14,7 @@ import os
 import re
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -83,10 +84,21 @@ PROCESSES_OF_THREADS = Topology("processes_of_threads", "thread", threads=2)
 TOPOLOGIES = [PROCESSES, THREADS, PROCESSES_OF_THREADS]
 
 
+_HANDED_OUT: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A port free now and not handed out before in this process: the kernel may give the
+    same ephemeral port to two binds in a row once the first is closed (a test's app port and
+    its --metrics-bind port were once equal)."""
+    for _ in range(100):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
+    raise RuntimeError("no free port not handed out before in 100 tries")
 
 
 def wait_for(predicate: Callable[[], object], timeout: float, what: str) -> object:
@@ -256,6 +268,15 @@ def is_worker_thread_name(name: str) -> bool:
     """A gilworker event-loop thread's name: gilworker-<THREAD_ID_BASE + its age>."""
     prefix, _, number = name.partition("-")
     return prefix == "gilworker" and number.isdigit() and int(number) > THREAD_ID_BASE
+
+
+def trusting(cert: Path, alpn: list[str] | None = None) -> ssl.SSLContext:
+    """A client's TLS context that trusts `cert` (make_certificate's), offering `alpn`."""
+    context = ssl.create_default_context(cafile=str(cert))
+    context.check_hostname = False  # the certificate names 127.0.0.1 in its CN only
+    if alpn:
+        context.set_alpn_protocols(alpn)
+    return context
 
 
 def make_certificate(directory: Path) -> tuple[Path, Path]:

@@ -5,12 +5,13 @@ real master."""
 from __future__ import annotations
 
 import re
+import signal
 import socket
 import ssl
 from pathlib import Path
 
 from gunicorn.config import Config
-from server import THREADS, make_certificate, refusal, request, wait_for
+from server import THREADS, make_certificate, refusal, request, trusting, wait_for
 
 from gunicorn_gilworker.compat import SETTINGS, markdown_table
 
@@ -49,7 +50,7 @@ def test_uwsgi_protocol_is_refused_in_one_line(gunicorn):
     ]
 
 
-def test_tls_comes_from_gunicorns_context_and_its_hook_and_never_offers_h2(
+def test_tls_comes_from_gunicorns_context_and_its_hook_and_alpn_follows_http_protocols(
     gunicorn, topology, tmp_path
 ):
     key, cert = make_certificate(tmp_path)
@@ -61,38 +62,33 @@ def test_tls_comes_from_gunicorns_context_and_its_hook_and_never_offers_h2(
         "    context.minimum_version = ssl.TLSVersion.TLSv1_3\n"
         "    return context\n"
     )
-    master = gunicorn.start(
-        "-c",
-        str(conf),
-        "--keyfile",
-        str(key),
-        "--certfile",
-        str(cert),
-        "--http-protocols",
-        "h2,h1",
-        topology=topology,
-        workers=1,
-    )
-    assert (
-        "WARNING] gilworker: --http-protocols asks for h2: gilworker serves HTTP/1.1 "
-        "(uvicorn's parser), and TLS clients are offered http/1.1 alone"
-    ) in master.log
+    tls = ["-c", str(conf), "--keyfile", str(key), "--certfile", str(cert)]
+    master = gunicorn.start(*tls, "--http-protocols", "h2,h1", topology=topology, workers=1)
+    assert "; serving HTTP/1.1 and HTTP/2 (ALPN: h2, http/1.1)" in master.log
 
-    def handshake(maximum: ssl.TLSVersion) -> tuple[str | None, str | None]:
-        context = ssl.create_default_context(cafile=str(cert))
-        context.check_hostname = False
+    def handshake(
+        maximum: ssl.TLSVersion, offered: tuple[str, ...] = ("h2", "http/1.1")
+    ) -> tuple[str | None, str | None]:
+        context = trusting(cert, list(offered))
         context.maximum_version = maximum
-        context.set_alpn_protocols(["h2", "http/1.1"])
         raw = socket.create_connection(("127.0.0.1", gunicorn.port), timeout=10)
         with raw, context.wrap_socket(raw) as tls:
             return tls.version(), tls.selected_alpn_protocol()
 
-    assert handshake(ssl.TLSVersion.TLSv1_3) == ("TLSv1.3", "http/1.1")
+    assert handshake(ssl.TLSVersion.TLSv1_3) == ("TLSv1.3", "h2")
+    assert handshake(ssl.TLSVersion.TLSv1_3, ("http/1.1",)) == ("TLSv1.3", "http/1.1")
     try:  # the hook's minimum: a TLS 1.2 client is refused
         handshake(ssl.TLSVersion.TLSv1_2)
         raise AssertionError("a TLS 1.2 handshake succeeded despite the ssl_context hook")
     except (ssl.SSLError, ConnectionResetError):
         pass
+    # the server's order: h1 first is chosen over h2 where the client offers both
+    master.signal(signal.SIGTERM)
+    master.wait()
+    master = gunicorn.start(*tls, "--http-protocols", "h1,h2", topology=topology, workers=1)
+    assert "(ALPN: http/1.1, h2)" in master.log
+    assert handshake(ssl.TLSVersion.TLSv1_3) == ("TLSv1.3", "http/1.1")
+    assert handshake(ssl.TLSVersion.TLSv1_3, ("h2",)) == ("TLSv1.3", "h2")
 
 
 DIRTY_APP = """
@@ -143,8 +139,10 @@ def _dirty_answer(port: int) -> str | None:
     return response.body.decode() if response.status == 200 else None
 
 
-def test_http2_cleartext_is_named_at_start_up(gunicorn):
+def test_the_start_up_line_names_the_protocols_served(gunicorn):
     master = gunicorn.start("--http2-cleartext", "prior-knowledge", topology=THREADS, workers=1)
-    assert "gilworker: --http2-cleartext prior-knowledge: gilworker serves HTTP/1.1 only" in (
-        master.log
+    assert "; serving HTTP/1.1\n" in master.log  # no h2 in --http-protocols: no h2c either
+    master = gunicorn.start(
+        "--http-protocols", "h2,h1", "--http2-cleartext", "both", topology=THREADS, workers=1
     )
+    assert "; serving HTTP/1.1 and HTTP/2 (h2c: both, from forwarded_allow_ips)" in master.log

@@ -157,7 +157,7 @@ def test_gil_reenabled_branch_with_a_mocked_interpreter(mocker, tmp_path):
     load.assert_called_once()
     assert decision.mode == "process" and decision.forced
     assert "importing the extension module 'fakemod' re-enabled the GIL" in decision.reason
-    warning.assert_called_once_with(decision.message)
+    warning.assert_called_once_with("%s; serving %s", decision.message, "HTTP/1.1")
 
 
 def warn_gil() -> None:

@@ -18,6 +18,7 @@ from server import (
     make_certificate,
     request,
     tcp_sockets,
+    trusting,
 )
 from websockets.sync.client import connect, unix_connect
 
@@ -128,7 +129,7 @@ def test_nothing_process_wide_is_done_per_worker(gunicorn, topology):
     assert body["env_flag"] == "on"
     if topology.in_master:
         # the master's signal handlers stay in place: no worker thread replaced them
-        assert body["sigterm_handler"] == "Arbiter.signal"
+        assert body["sigterm_handler"] == "GilArbiter.signal"
         assert body["pid"] == master.pid
     else:  # the worker process's own, set once by the process (not by its loop threads)
         worker = "ProcessOfThreads" if topology.threads > 1 else "GilWorker"
@@ -269,12 +270,9 @@ def test_pythonpath_and_chdir_behave_as_in_process_mode(gunicorn, topology, tmp_
 
 
 def test_tls_with_gunicorns_ssl_settings(gunicorn, topology, tmp_path):
-    import ssl
-
     key, cert = make_certificate(tmp_path)
     gunicorn.start("--keyfile", str(key), "--certfile", str(cert), topology=topology)
-    context = ssl.create_default_context(cafile=str(cert))
-    context.check_hostname = False
+    context = trusting(cert)
     conn = http.client.HTTPSConnection("127.0.0.1", gunicorn.port, timeout=10, context=context)
     try:
         response = request(conn=conn)

@@ -158,8 +158,63 @@ def test_a_protocols_attributes(http):
         for _ in range(20):
             await asyncio.sleep(0)
         assert upstream.response_complete(cycle)
+        # what an HTTP/2 connection takes over from it
+        served, client, server, scheme, root_path, app_state = upstream.protocol_connection(
+            protocol
+        )
+        assert served is state and client == ("192.0.2.9", 1) and server == ("127.0.0.1", 80)
+        assert (scheme, root_path, app_state) == ("http", "", {})
 
     asyncio.run(main())
+
+
+@pytest.mark.parametrize("http", ["h11", "httptools"])
+def test_an_abandoned_cycle_answers_nothing_and_its_upgrade_warning_can_be_quiet(http, caplog):
+    pytest.importorskip(http)
+    protocol_class = import_from_string(HTTP_PROTOCOLS[http])
+    quiet = type("Quiet", (protocol_class,), {})
+    upstream.quiet_upgrade_warning(quiet, lambda protocol: True)
+
+    async def app(scope, receive, send):
+        upstream.abandon_cycle(protocol)  # the connection switched protocol under it
+
+    async def main():
+        nonlocal protocol
+        config = UvicornConfig(app, lifespan="off", log_config=None)
+        config.load()
+        protocol = quiet(config=config, server_state=ServerState(), app_state={})
+        transport = FakeTransport()
+        protocol.connection_made(transport)
+        protocol.data_received(
+            b"GET / HTTP/1.1\r\nHost: x\r\nConnection: Upgrade, HTTP2-Settings\r\n"
+            b"Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAAP__\r\n\r\n"
+        )
+        for _ in range(20):
+            await asyncio.sleep(0)
+        return transport.written
+
+    protocol = None
+    with caplog.at_level("WARNING", logger="uvicorn.error"):
+        assert asyncio.run(main()) == []  # no 500 for the app that did not answer
+    assert "Unsupported upgrade request." not in caplog.text
+
+
+def test_held_body_counts_the_payloads_an_http2_stream_holds():
+    from gunicorn.http2.stream import HTTP2Stream
+
+    class Connection:  # what a stream reads of its connection
+        initial_window_size = 65535
+
+        def acknowledge_data(self, stream_id, size):
+            pass
+
+    stream = HTTP2Stream(1, connection=Connection())
+    stream.receive_headers([(":method", "POST"), (":path", "/")], end_stream=False)
+    stream.receive_data(b"ab", end_stream=False)
+    stream.receive_data(b"cd", end_stream=True)
+    assert upstream.held_body(stream) == 2 and stream.body_complete
+    stream.pop_chunk()
+    assert upstream.held_body(stream) == 1
 
 
 class FakeTransport:
@@ -272,3 +327,39 @@ def test_gil_state():
     if sys.version_info >= (3, 13):
         assert upstream.gil_enabled() == sys._is_gil_enabled()
     assert upstream.gil_xoption() == sys._xoptions.get("gil")
+
+
+def test_reaped_statuses_records_what_reap_workers_reaps():
+    # gunicorn's reap is a waitpid(-1) loop: what it returns is what gilworker records
+    assert "os.waitpid(-1, os.WNOHANG)" in inspect.getsource(Arbiter.reap_workers)
+    pid = os.fork()
+    if pid == 0:
+        os._exit(3)
+    import gunicorn.arbiter
+
+    with upstream.reaped_statuses() as reaped:
+        gunicorn.arbiter.os.waitpid(pid, 0)
+    assert [(p, os.waitstatus_to_exitcode(s)) for p, s in reaped] == [(pid, 3)]
+    assert gunicorn.arbiter.os is os  # put back
+
+
+def test_registered_collectors_lists_a_registrys_collectors():
+    from prometheus_client import CollectorRegistry, Counter
+
+    registry = CollectorRegistry()
+    counter = Counter("probe", "a probe", registry=registry)
+    assert upstream.registered_collectors(registry) == [counter]
+
+
+def test_multiprocess_mode_and_mmap_files_are_what_the_collector_reads(tmp_path):
+    from prometheus_client.multiprocess import MultiProcessCollector
+
+    mmaped_dict, mmap_key = upstream.mmap_files()
+    for name in ("gauge_max_7.db", "counter_7.db"):
+        values = mmaped_dict(str(tmp_path / name))
+        values.write_value(mmap_key("probe_" + name[:5], "probe_" + name[:5], [], [], "h"), 2.0, 0)
+        values.close()
+    merged = {m.name: m for m in MultiProcessCollector.merge(list(map(str, tmp_path.iterdir())))}
+    assert upstream.multiprocess_mode(merged["probe_gauge"]) == "max"
+    assert upstream.multiprocess_mode(merged["probe_count"]) == ""
+    assert merged["probe_count"].samples[0].value == 2.0

@@ -32,6 +32,7 @@ from typing import Any
 from gunicorn.glogging import Logger
 from gunicorn.instrument.statsd import Statsd
 
+from gunicorn_gilworker.operations.measures import LoopMeasures
 from gunicorn_gilworker.request.access_line import (
     AccessFormat,
     AccessLogWriter,
@@ -151,6 +152,7 @@ class RequestContract:
         line: AccessFormat | None = None,
         writer: AccessLogWriter | None = None,
         statsd: StatsdRequests | None = None,
+        measures: LoopMeasures | None = None,
     ) -> None:
         self.app = app
         self.worker = worker  # what the hooks get: the worker, or the process hosting its thread
@@ -161,6 +163,7 @@ class RequestContract:
         self.line = line  # gilworker's line, written by `writer`
         self.writer = writer
         self.statsd = statsd
+        self.measures = measures  # --metrics-bind's counts of this worker's loop
         self.views = pre is not None or post is not None or logger_access
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
@@ -169,6 +172,9 @@ class RequestContract:
         ex = Exchange(scope, scope.get("client"))  # before uvicorn's proxy headers replace it
         request = Request(scope) if self.views else None
         started = time.monotonic()
+        measures = self.measures
+        if measures is not None:
+            measures.in_flight += 1
         if self.pre is not None:
             try:
                 self.pre(self.worker, request)
@@ -196,7 +202,11 @@ class RequestContract:
         finally:
             if ex.status is None:  # uvicorn answers 500 for an app that did not answer
                 ex.status = 500
-            self.done(ex, request, timedelta(seconds=time.monotonic() - started))
+            seconds = time.monotonic() - started
+            if measures is not None:
+                measures.in_flight -= 1
+                measures.answered(scope["method"], ex.status, seconds)
+            self.done(ex, request, timedelta(seconds=seconds))
 
     def done(self, ex: Exchange, request: Request | None, request_time: timedelta) -> None:
         if self.line is not None:
@@ -229,22 +239,56 @@ class RequestContract:
 _NO_BODY_STATUSES = frozenset({204, 304})
 
 
+class Measured:
+    """The app, counted for --metrics-bind alone: status and duration of each HTTP request,
+    without the contract's views (a worker with an access log, statsd or hooks counts in its
+    RequestContract instead)."""
+
+    def __init__(self, app: Any, measures: LoopMeasures) -> None:
+        self.app = app
+        self.measures = measures
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        measures = self.measures
+        measures.in_flight += 1
+        started = time.monotonic()
+        status = 500  # uvicorn answers 500 for an app that did not answer
+
+        async def send_noting(message: dict) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_noting)
+        finally:
+            measures.in_flight -= 1
+            measures.answered(scope["method"], status, time.monotonic() - started)
+
+
 def with_request_contract(
-    app: Any, worker: Any, hook_worker: Any
+    app: Any, worker: Any, hook_worker: Any, measures: LoopMeasures | None = None
 ) -> tuple[Any, RequestContract | None]:
     """`app` inside a RequestContract, and the contract; `app` alone where the contract has
     nothing to do per request."""
     cfg, log = worker.cfg, worker.log
     pre, post, access = pre_request_hook(cfg, log), post_request_hook(cfg), calls_access(log)
     if pre is None and post is None and not access:
-        return app, None
+        return (app if measures is None else Measured(app, measures)), None
     if not access:
-        contract = RequestContract(app, hook_worker, pre, post, logger_access=False)
+        contract = RequestContract(
+            app, hook_worker, pre, post, logger_access=False, measures=measures
+        )
         return contract, contract
     path, why = access_path(log, cfg.access_log_format)
     if path == "Logger.access":
         log.debug("Access log and statsd request metrics through Logger.access: %s", why)
-        contract = RequestContract(app, hook_worker, pre, post, logger_access=True)
+        contract = RequestContract(
+            app, hook_worker, pre, post, logger_access=True, measures=measures
+        )
         return contract, contract
     line = writer = statsd = None
     if log.access_log_enabled:
@@ -254,6 +298,14 @@ def with_request_contract(
         statsd = StatsdRequests(log)
     log.debug("Access log and statsd request metrics made by gilworker: %s", why)
     contract = RequestContract(
-        app, hook_worker, pre, post, logger_access=False, line=line, writer=writer, statsd=statsd
+        app,
+        hook_worker,
+        pre,
+        post,
+        logger_access=False,
+        line=line,
+        writer=writer,
+        statsd=statsd,
+        measures=measures,
     )
     return contract, contract

@@ -63,6 +63,8 @@ class Drain:
 
 def close_if_idle(connection: Any) -> None:
     transport = protocol_transport(connection)
+    if transport.get_protocol() is not connection:
+        return  # the connection switched protocol meanwhile (HTTP/2: it closes itself)
     if response_complete(http_cycle(connection)) and not transport.is_closing():
         transport.close()
 

@@ -6,6 +6,7 @@ import os
 from typing import Any
 
 from gunicorn_gilworker.app_per_loop import start_up_line
+from gunicorn_gilworker.http2 import served_protocols
 from gunicorn_gilworker.mode import Decision
 from gunicorn_gilworker.stack import start_up_lines
 from gunicorn_gilworker.upstream import gil_enabled
@@ -32,7 +33,8 @@ class Topology:
         """What the master does once per configuration, before its first worker starts."""
         self.decision = decision
         log = self.arbiter.log
-        (log.warning if decision.forced else log.info)(decision.message)
+        served = served_protocols(self.arbiter.cfg)
+        (log.warning if decision.forced else log.info)("%s; serving %s", decision.message, served)
         for level, line in start_up_lines(
             self.arbiter.cfg,
             self.event_loops_wanted(),
@@ -73,10 +75,6 @@ class Topology:
     def kill(self, wid: int, sig: int) -> None:
         """gunicorn's `kill_worker` for one of this topology's workers."""
         raise NotImplementedError
-
-    def exits(self) -> dict[int, bool]:
-        """Its worker processes that have exited, not yet reaped: whether each crashed."""
-        return {}
 
     def reap(self) -> None:
         """After gunicorn's own reap of child processes, and on every master loop turn:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 from gunicorn.arbiter import Arbiter
@@ -31,19 +30,6 @@ class ForkedProcesses(Topology):
 
     def kill(self, wid: int, sig: int) -> None:
         Arbiter.kill_worker(self.arbiter, wid, sig)
-
-    def exits(self) -> dict[int, bool]:
-        """Which of its processes have exited and whether they crashed, read without reaping
-        them (WNOWAIT): gunicorn's own reap_workers() reaps them and keeps no status."""
-        exits = {}
-        for pid in list(self.pids):
-            try:
-                info = os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
-            except ChildProcessError:
-                continue
-            if info is not None:
-                exits[pid] = not (info.si_code == os.CLD_EXITED and info.si_status == 0)
-        return exits
 
     def reap(self) -> None:
         self.pids.intersection_update(self.arbiter.WORKERS)  # gunicorn reaped or dropped them

@@ -75,6 +75,58 @@ async def http(scope, receive, send):
         await send({"type": "http.response.start", "status": code, "headers": headers})
         await send({"type": "http.response.body", "body": b"x" * size})
         return
+    if path == "/echo":  # the request body, read as it streams in: its size and chunk count
+        size = chunks = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            size += len(message.get("body", b""))
+            chunks += 1
+            if not message.get("more_body", False):
+                break
+        await start(send, 200, b"application/json")
+        body = {"size": size, "chunks": chunks, "http_version": scope["http_version"]}
+        await send({"type": "http.response.body", "body": json.dumps(body).encode()})
+        return
+    if path == "/header":  # ?name=N&value=V: a response with that one header field
+        field = (query["name"][0].encode("latin-1"), query["value"][0].encode("latin-1"))
+        await send({"type": "http.response.start", "status": 200, "headers": [field]})
+        await send({"type": "http.response.body", "body": b"ok"})
+        return
+    if path == "/trailers":  # ?value=V&encoding=E: a body, then the trailer x-check: V
+        assert "http.response.trailers" in scope.get("extensions", {})
+        value = query["value"][0].encode(query.get("encoding", ["utf-8"])[0])
+        start_message = {"type": "http.response.start", "status": 200, "trailers": True}
+        await send({**start_message, "headers": [(b"trailer", b"x-check")]})
+        await send({"type": "http.response.body", "body": b"body"})
+        trailer = {"type": "http.response.trailers", "headers": [(b"x-check", value)]}
+        await send(trailer)
+        return
+    if path == "/start-only":  # starts a response and returns without its body
+        await start(send, 200, b"text/plain")
+        return
+    if path == "/listeners":  # a disconnect listener beside the handler, as frameworks run one
+        while (await receive()).get("more_body"):
+            pass
+        listener = asyncio.ensure_future(receive())
+        poll = asyncio.ensure_future(receive())
+        await asyncio.sleep(0)  # both wait now
+        poll.cancel()  # a poll given up at once, as Starlette's request.is_disconnected()
+        if query.get("then") == ["answer"]:  # it must wake once the response is done
+            await start(send, 200, b"text/plain")
+            await send({"type": "http.response.body", "body": b"answered"})
+        else:  # it must wake when the client goes
+            print(f"listening in {os.getpid()}", file=sys.stderr, flush=True)
+        message = await asyncio.wait_for(listener, 20)
+        print(f"listener heard {message['type']}", file=sys.stderr, flush=True)
+        return
+    if path == "/until-disconnect":  # answers nothing: waits for the client to go
+        print(f"waiting for a disconnect in {os.getpid()}", file=sys.stderr, flush=True)
+        while (await receive())["type"] != "http.disconnect":
+            pass
+        print(f"disconnect heard in {os.getpid()}", file=sys.stderr, flush=True)
+        return
     if path == "/crash":  # ends this worker's event loop: the worker dies, as by a bug
         asyncio.get_running_loop().call_soon(crash)
     elif path == "/segfault":  # a real SIGSEGV in C, as a buggy extension would cause
@@ -110,6 +162,9 @@ async def http(scope, receive, send):
         "env_flag": os.environ.get("GILWORKER_TEST_FLAG"),
         "client": scope.get("client"),
         "scheme": scope["scheme"],
+        "http_version": scope["http_version"],
+        "path": scope["path"],
+        "root_path": scope.get("root_path", ""),
     }
     await start(send, 200, b"application/json")
     await send({"type": "http.response.body", "body": json.dumps(body).encode()})
