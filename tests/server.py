@@ -248,6 +248,28 @@ def ctl(launcher: Launcher, command: str) -> str:
 # reset, or (the command already sent, seen once in CI during a crash loop) a broken pipe.
 DROPPED_AROUND_FORK = ("Failed to connect", "Connection reset", "Broken pipe")
 
+# What asyncio prints when the control server, stopped for a fork, cancels the task of a gunicornc
+# connection it holds: before CPython 3.13 its streams callback raises on a cancelled task
+# (python/cpython#113538). The report is its first line and the traceback's own lines after it.
+_CTL_CANCELLED = re.compile(
+    r"^Exception in callback StreamReaderProtocol\.connection_made\.<locals>\.callback\(.*\n"
+    r"(?:(?:handle: |Traceback |  |During handling |The above exception |[\w.]+(?:: .*)?$)"
+    r".*\n|\n)*",
+    re.MULTILINE,
+)
+
+
+def without_ctl_cancellations(log: str) -> str:
+    """A master's log without asyncio's reports of gunicornc connections cancelled by a fork:
+    gunicorn's and the interpreter's, whatever the worker class; anything else stays."""
+
+    def drop(report: re.Match[str]) -> str:
+        text = report.group()
+        ours = "gunicorn/ctl/server.py" not in text or not text.rstrip().endswith("CancelledError")
+        return text if ours else ""
+
+    return _CTL_CANCELLED.sub(drop, log)
+
 
 def workers(launcher: Launcher) -> list[dict]:
     """The workers gunicornc shows (`show workers`)."""
