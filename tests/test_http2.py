@@ -434,6 +434,26 @@ def test_streams_in_flight_through_a_stop_complete_then_goaway(gunicorn, topolog
         wait_for(lambda: h2_get(gunicorn.port, "/")[0].get(":status") == "200", 20, "served")
 
 
+def test_streams_in_flight_on_the_worker_ttou_stops_complete_then_goaway(gunicorn, topology):
+    """TTOU stops the oldest worker: here the one holding the connection, a newer one beside it."""
+    master = gunicorn.start(*PRIOR_KNOWLEDGE, topology=topology, workers=1)
+    (oldest,) = worker_ids(gunicorn)
+    client = H2Client(gunicorn.port)
+    try:
+        streams = [client.get("/sleep?s=6") for _ in range(5)]  # in flight through TTIN and TTOU
+        master.wait_log("sleep request started", count=5)
+        master.signal(signal.SIGTTIN)
+        wait_for(lambda: len(worker_ids(gunicorn)) == 2, 20, "a second worker")
+        master.signal(signal.SIGTTOU)
+        assert [client.response(s)[0].get(":status") for s in streams] == ["200"] * 5
+        goaway = client.goaway()
+    finally:
+        client.close()
+    assert goaway.error_code == 0 and goaway.last_stream_id == streams[-1]
+    wait_for(lambda: len(ids := worker_ids(gunicorn)) == 1 and oldest not in ids, 20, "one left")
+    assert h2_get(gunicorn.port, "/")[0].get(":status") == "200"
+
+
 def test_a_stream_reset_mid_response_stops_the_apps_sends(gunicorn, topology):
     # ASGI spec 2.4: `send` raises once the client has gone, so a streaming app stops
     master = gunicorn.start(
@@ -693,6 +713,14 @@ def test_bad_frames_floods_and_big_header_lists_close_only_their_connection(guni
             flood.flush()
         assert flood.goaway().error_code == h2.errors.ErrorCodes.ENHANCE_YOUR_CALM
         flood.close()
+        # a control-frame flood: PINGs faster than gunicorn allows (1000 / 10 s)
+        pings = H2Client(gunicorn.port)
+        for n in range(1100):
+            pings.conn.ping(n.to_bytes(8, "big"))
+        with contextlib.suppress(OSError):
+            pings.flush()
+        assert pings.goaway().error_code == h2.errors.ErrorCodes.ENHANCE_YOUR_CALM
+        pings.close()
         # a header list over --http2-max-header-list-size, once the server's settings apply
         # (acknowledged: a PING's answer comes after the acknowledgement is read)
         big = H2Client(gunicorn.port)
